@@ -1,0 +1,213 @@
+"""A timm-style model registry: ``register_model``, ``list_models``, ``create_model``."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import torch
+
+from ..exceptions import UnknownModelError, XSkyError, format_choices
+from ._base import EmbeddingModel
+from ._checkpoint import file_sha256
+from ._spec import ModelSpec
+
+__all__ = ["create_model", "get_model_spec", "list_models", "register_model"]
+
+Factory = Callable[..., EmbeddingModel]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    factory: Factory
+    spec: ModelSpec | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_LOCK = threading.Lock()
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+@overload
+def register_model(name: str, factory: None = None, *, spec: ModelSpec | None = None,
+                   overwrite: bool = False) -> Callable[[Factory], Factory]: ...
+@overload
+def register_model(name: str, factory: Factory | EmbeddingModel, *,
+                   spec: ModelSpec | None = None, overwrite: bool = False) -> Factory: ...
+
+
+def register_model(
+    name: str,
+    factory: Factory | EmbeddingModel | None = None,
+    *,
+    spec: ModelSpec | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Register a model under ``name``.
+
+    Use as a decorator on a factory ``fn(weights=None, **overrides) -> EmbeddingModel``,
+    or call it with a factory or a ready model (e.g. from :func:`xsky.models.wrap`).
+
+    Parameters
+    ----------
+    name
+        Registry name, e.g. ``"my-unet"``.
+    factory
+        Factory function, or an :class:`EmbeddingModel` instance.
+    spec
+        The default spec (model card) shown by ``list_models``/``get_model_spec`` without
+        building the model.
+    overwrite
+        Replace an existing entry instead of raising.
+
+    Examples
+    --------
+    >>> import torch, xsky.models as xm
+    >>> net = torch.nn.Conv2d(4, 8, kernel_size=4, stride=4)
+    >>> m = xm.wrap(net, bands=["B02", "B03", "B04", "B08"], window=16, stride=4, feature_dim=8)
+    >>> _ = xm.register_model("my-conv", m, overwrite=True)
+    >>> "my-conv" in xm.list_models("my-*")
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise XSkyError(f"model name must be a non-empty string, got {name!r}")
+
+    def _register(fn: Factory | EmbeddingModel) -> Factory:
+        if isinstance(fn, EmbeddingModel):
+            model = fn
+            default_spec = spec or model.spec.replace(name=name)
+            model.spec = default_spec
+            model.set_ref(name, sha256=model.weights_sha256)
+            from ..runtime.cache import put_model  # noqa: PLC0415 (avoid import cycle)
+
+            put_model(model)
+
+            def _instance_factory(weights: Any = None, **overrides: Any) -> EmbeddingModel:
+                if weights is not None or overrides:
+                    raise XSkyError(
+                        f"model {name!r} was registered as a ready instance; it takes no "
+                        "weights or overrides. Register a factory function to allow them."
+                    )
+                return model
+
+            factory_fn: Factory = _instance_factory
+        elif callable(fn):
+            factory_fn = fn
+            default_spec = spec
+        else:
+            raise XSkyError(
+                f"register_model({name!r}, ...) needs a factory function or an EmbeddingModel, "
+                f"got {type(fn).__name__}"
+            )
+        with _LOCK:
+            if name in _REGISTRY and not overwrite and _REGISTRY[name].factory is not factory_fn:
+                raise XSkyError(
+                    f"a model named {name!r} is already registered; pick another name or pass "
+                    "overwrite=True"
+                )
+            _REGISTRY[name] = _Entry(name, factory_fn, default_spec)
+        return fn if not isinstance(fn, EmbeddingModel) else factory_fn
+
+    if factory is None:
+        return _register
+    return _register(factory)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of registered models matching a glob ``pattern`` (e.g. ``"skysense-*"``), sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
+        hint = f" Did you mean {format_choices(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} Registered models: {format_choices(_REGISTRY)}. "
+            "Register your own with xsky.models.register_model."
+        ) from None
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec (model card) of a registered model, without building it."""
+    entry = _entry(name)
+    if entry.spec is not None:
+        return entry.spec
+    return create_model(name).spec
+
+
+def create_model(
+    name: str, weights: str | os.PathLike[str] | None = None, **overrides: Any
+) -> EmbeddingModel:
+    """Build a registered model, in eval mode, ready for :func:`xsky.embed`.
+
+    Parameters
+    ----------
+    name
+        Registry name; see :func:`list_models`.
+    weights
+        Path to a local weights file (or directory, for models split over files). Without
+        weights a model gets a deterministic initialisation seeded from its name, so every
+        process builds the same model.
+    **overrides
+        Model-specific options (e.g. ``window``, ``stride``).
+
+    Returns
+    -------
+    EmbeddingModel
+    """
+    if not isinstance(name, str):
+        raise XSkyError(f"model name must be a string, got {type(name).__name__}")
+    entry = _entry(name)
+    wpath: str | None = None
+    if weights is not None:
+        p = Path(weights).expanduser()
+        if not p.exists():
+            raise XSkyError(
+                f"weights {str(p)!r} for model {name!r} do not exist; pass a local file or "
+                "directory"
+            )
+        wpath = str(p.resolve())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(name.encode()))
+        model = entry.factory(weights=wpath, **overrides)
+    if not isinstance(model, EmbeddingModel):
+        raise XSkyError(
+            f"factory of model {name!r} returned {type(model).__name__}, not an EmbeddingModel"
+        )
+    model.eval()
+    if getattr(model, "ref", None) is not None and model.ref.name == name and not overrides \
+            and wpath is None:
+        return model
+    if model.spec.name != name:
+        model.spec = model.spec.replace(name=name)
+    digest = _weights_digest(wpath) if wpath is not None else None
+    if digest is not None and overrides:
+        digest = f"{digest}+{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}"
+    return model.set_ref(name, wpath, overrides, sha256=digest)
+
+
+def _weights_digest(path: str) -> str:
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    digests = []
+    for f in files:
+        st = f.stat()
+        key = (str(f), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_DIGESTS:
+            _FILE_DIGESTS[key] = file_sha256(f)
+        digests.append(_FILE_DIGESTS[key])
+    if len(digests) == 1:
+        return digests[0]
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()

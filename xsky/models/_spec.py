@@ -1,0 +1,189 @@
+"""Model contract: frozen, hashable specs that describe what a model consumes and produces.
+
+A :class:`ModelSpec` is everything the engine needs to plan windows, normalise inputs and
+shape the output, without touching weights. It is small and deterministic, so it can travel
+in a dask graph and key caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..exceptions import XSkyError
+
+__all__ = ["ModalitySpec", "ModelSpec"]
+
+Units = Literal["reflectance", "dn", "db", "linear", "rgb255"]
+_UNITS = ("reflectance", "dn", "db", "linear", "rgb255")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What a model expects of one input modality.
+
+    Parameters
+    ----------
+    name
+        Modality key: ``"s2"``, ``"s1"`` or ``"hr"`` (or any user name).
+    bands
+        Canonical band names, in the order the model takes them.
+    mean, std
+        Per-band normalisation ``(x - mean) / std``, applied in ``units``.
+    units
+        Physical units ``mean``/``std`` are expressed in: ``"reflectance"`` (0-1),
+        ``"dn"`` (reflectance x 10 000), ``"db"`` (backscatter in decibels),
+        ``"linear"`` (linear backscatter) or ``"rgb255"`` (8-bit colour).
+    grid_factor
+        Pixels of this modality per pixel of the reference (output) grid along each axis;
+        SkySense HR imagery is 32x finer than Sentinel-2.
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    units: Units = "reflectance"
+    grid_factor: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", tuple(self.bands))
+        if not self.bands:
+            raise XSkyError(f"modality {self.name!r} lists no bands")
+        for attr in ("mean", "std"):
+            val = getattr(self, attr)
+            if val is not None:
+                val = tuple(float(v) for v in val)
+                if len(val) != len(self.bands):
+                    raise XSkyError(
+                        f"modality {self.name!r}: {attr} has {len(val)} values for "
+                        f"{len(self.bands)} bands {self.bands}; give one value per band"
+                    )
+                object.__setattr__(self, attr, val)
+        if (self.mean is None) != (self.std is None):
+            raise XSkyError(f"modality {self.name!r}: give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise XSkyError(f"modality {self.name!r}: std must be positive, got {self.std}")
+        if self.units not in _UNITS:
+            raise XSkyError(
+                f"modality {self.name!r}: unknown units {self.units!r}; choose one of {_UNITS}"
+            )
+        if int(self.grid_factor) != self.grid_factor or self.grid_factor < 1:
+            raise XSkyError(
+                f"modality {self.name!r}: grid_factor must be a positive integer, "
+                f"got {self.grid_factor!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The contract between a model and the embedding engine.
+
+    Parameters
+    ----------
+    name
+        Registry name (``"test-tiny"``, ``"skysense-huge"``, ...).
+    modalities
+        Inputs the model can take; the first is the reference grid of the output.
+    window
+        Input tile size in reference-grid pixels (square).
+    stride
+        Output stride relative to the reference grid: a window of ``window`` pixels gives
+        ``window // stride`` output pixels per axis (``output="dense"``), or one vector
+        (``output="pooled"``).
+    feature_dim
+        Length of the embedding vector.
+    fuses_time
+        ``True`` if the model consumes all dates of a pixel at once (output has no time
+        axis); ``False`` for per-date models (output keeps ``time``).
+    output
+        ``"dense"``: a feature map per window; ``"pooled"``: one vector per window.
+    dtype
+        Output dtype.
+    default_batch_size
+        Windows per forward pass when ``batch_size=None``.
+    required_modalities
+        Modalities that must be present; by default only the first.
+    meta
+        Model-card facts (licence, paper, weight files, ...); informative only.
+    """
+
+    name: str
+    modalities: tuple[ModalitySpec, ...]
+    window: int
+    stride: int
+    feature_dim: int
+    fuses_time: bool = False
+    output: Literal["dense", "pooled"] = "dense"
+    dtype: str = "float32"
+    default_batch_size: int = 32
+    required_modalities: tuple[str, ...] | None = None
+    meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if isinstance(self.meta, Mapping):
+            object.__setattr__(self, "meta", tuple(sorted(self.meta.items())))
+        if not self.modalities:
+            raise XSkyError(f"model {self.name!r} declares no modalities")
+        for attr in ("window", "stride", "feature_dim", "default_batch_size"):
+            val = getattr(self, attr)
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise XSkyError(
+                    f"model {self.name!r}: {attr} must be a positive integer, got {val!r}"
+                )
+        if self.output not in ("dense", "pooled"):
+            raise XSkyError(
+                f"model {self.name!r}: output must be 'dense' or 'pooled', got {self.output!r}"
+            )
+        if self.output == "dense" and self.window % self.stride:
+            raise XSkyError(
+                f"model {self.name!r}: window {self.window} is not a multiple of stride "
+                f"{self.stride}; a dense model must map a window to window/stride pixels"
+            )
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise XSkyError(f"model {self.name!r}: duplicate modality names {names}")
+        req = self.required_modalities
+        if req is None:
+            req = (names[0],)
+        req = tuple(req)
+        unknown = set(req) - set(names)
+        if unknown:
+            raise XSkyError(f"model {self.name!r}: required modalities {unknown} not in {names}")
+        object.__setattr__(self, "required_modalities", req)
+
+    # -- helpers ---------------------------------------------------------------------
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    def modality(self, name: str) -> ModalitySpec:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise XSkyError(
+            f"model {self.name!r} has no modality {name!r}; it takes {self.modality_names}"
+        )
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Bands of the reference (first) modality."""
+        return self.modalities[0].bands
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.meta)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("xsky.ModelSpec", dataclasses.astuple(self)[:-1])
+
+
+def as_tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)

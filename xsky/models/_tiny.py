@@ -1,0 +1,75 @@
+"""``test-tiny``: a small deterministic per-date model for engine tests and demos.
+
+It is independent of SkySense/SatCLIP. A convolutional trunk gives local features at
+stride 4, and a window-mean context term makes every output depend on the whole window,
+so tests notice a window placed off the global grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._base import EmbeddingModel
+from ._checkpoint import load_checkpoint
+from ._registry import register_model
+from ._spec import ModalitySpec, ModelSpec
+
+__all__ = ["TinyNet"]
+
+# Sentinel-2 statistics in reflectance (SkySense's DN statistics / 1e4) for B02, B03, B04, B08.
+_MEAN = (0.088430, 0.114416, 0.129747, 0.251776)
+_STD = (0.115515, 0.118363, 0.136811, 0.147479)
+
+
+def tiny_spec(window: int = 16, stride: int = 4, feature_dim: int = 16) -> ModelSpec:
+    return ModelSpec(
+        name="test-tiny",
+        modalities=(ModalitySpec("s2", ("B02", "B03", "B04", "B08"), _MEAN, _STD),),
+        window=window,
+        stride=stride,
+        feature_dim=feature_dim,
+        fuses_time=False,
+        default_batch_size=64,
+        meta={
+            "description": "deterministic tiny conv net for tests (not a trained model)",
+            "license": "Apache-2.0",
+        },
+    )
+
+
+class TinyNet(EmbeddingModel):
+    def __init__(self, spec: ModelSpec, seed: int = 0) -> None:
+        super().__init__()
+        self.spec = spec
+        c, f, s = len(spec.bands), spec.feature_dim, spec.stride
+        self.stem = nn.Conv2d(c, 16, 3, padding=1, padding_mode="reflect")
+        self.down = nn.Conv2d(16, 32, s, stride=s)
+        self.mix = nn.Conv2d(32, f, 3, padding=1)
+        self.context = nn.Linear(32, f)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                fan_in = p[0].numel() if p.ndim > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.gelu(self.stem(x))
+        h = nn.functional.gelu(self.down(h))
+        ctx = self.context(h.mean(dim=(2, 3)))
+        return self.mix(h) + ctx[:, :, None, None]
+
+    def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self(inputs["s2"])
+
+
+@register_model("test-tiny", spec=tiny_spec())
+def create_test_tiny(weights: str | None = None, **overrides: Any) -> TinyNet:
+    """Tiny deterministic model: S2 B02/B03/B04/B08, window 16, stride 4, 16 features."""
+    model = TinyNet(tiny_spec(**overrides))
+    if weights is not None:
+        model.load_state_dict(load_checkpoint(weights))
+    return model
