@@ -29,12 +29,36 @@ __all__ = [
     "UnsafeCheckpointError",
     "XSkyError",
     "__version__",
+    "classify",
+    "embed",
+    "geo_context",
+    "load_stac",
+    "location_embed",
+    "location_embed_points",
+    "prototypes",
+    "stack",
 ]
 
-_LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io"}
+from . import accessor as _accessor
+
+_accessor.register()
+
+_LAZY_FUNCS = {
+    "embed": "api",
+    "stack": "stack",
+    "location_embed": "location",
+    "location_embed_points": "location",
+    "prototypes": "prototypes",
+    "classify": "prototypes",
+    "geo_context": "prototypes",
+    "load_stac": "io.stac",
+}
+_LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io", "plot"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_FUNCS:
+        return getattr(importlib.import_module(f".{_LAZY_FUNCS[name]}", __name__), name)
     if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'xsky' has no attribute {name!r}")

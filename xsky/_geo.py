@@ -1,0 +1,173 @@
+"""Georeferencing helpers shared by the engine, location embeddings and prototypes.
+
+They read coordinates and CRS metadata only, never pixel values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .exceptions import CRSError, DimensionError
+
+__all__ = ["GridInfo", "get_crs", "grid_info", "pixel_lonlat", "spatial_dims", "write_crs"]
+
+_X_NAMES = ("x", "lon", "longitude")
+_Y_NAMES = ("y", "lat", "latitude")
+
+
+def _name(obj: Any) -> str:
+    name = getattr(obj, "name", None)
+    return f"{name!r}" if isinstance(name, str) else "the input"
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str]:
+    """Names of the ``(y, x)`` dimensions of ``obj``.
+
+    Raises
+    ------
+    DimensionError
+        When no x/y (or lon/lat) dimension pair is found.
+    """
+    dims = set(obj.dims)
+    ydim = next((d for d in _Y_NAMES if d in dims), None)
+    xdim = next((d for d in _X_NAMES if d in dims), None)
+    if ydim is None or xdim is None:
+        raise DimensionError(
+            f"{_name(obj)} has dims {tuple(obj.dims)} but needs spatial dims 'y' and 'x' "
+            "(or 'lat'/'lon'); rename them with obj.rename({'rows': 'y', 'cols': 'x'})"
+        )
+    return ydim, xdim
+
+
+def get_crs(obj: xr.DataArray | xr.Dataset) -> Any:
+    """The CRS of ``obj`` as a :class:`pyproj.CRS` (from ``spatial_ref``/``grid_mapping``).
+
+    Raises
+    ------
+    CRSError
+        When the object carries no CRS.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    from pyproj import CRS
+
+    crs = None
+    try:
+        crs = obj.rio.crs
+    except Exception:  # rioxarray raises on some odd inputs; treat as missing
+        crs = None
+    if crs is None:
+        # odc-geo style: a 'spatial_ref' coordinate with crs_wkt
+        for cand in ("spatial_ref", "crs"):
+            if cand in obj.coords or (isinstance(obj, xr.Dataset) and cand in obj.variables):
+                attrs = obj[cand].attrs
+                wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+                if wkt:
+                    crs = wkt
+                    break
+    if crs is None:
+        ydim, xdim = (None, None)
+        try:
+            ydim, xdim = spatial_dims(obj)
+        except DimensionError:
+            pass
+        if ydim in ("lat", "latitude") and xdim in ("lon", "longitude"):
+            return CRS.from_epsg(4326)
+        raise CRSError(
+            f"CRS not found on {_name(obj)}; set it with obj.rio.write_crs('EPSG:32633') "
+            "(or the CRS your x/y coordinates are in)"
+        )
+    return CRS.from_user_input(crs if isinstance(crs, str) else crs.to_wkt())
+
+
+def write_crs(obj: Any, crs: Any) -> Any:
+    """Write ``crs`` as a ``spatial_ref`` coordinate readable by rioxarray and odc-geo."""
+    import rioxarray  # noqa: F401
+
+    return obj.rio.write_crs(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    """A regular pixel grid: pixel-centre coordinates of pixel 0 and the step along each axis."""
+
+    ydim: str
+    xdim: str
+    y0: float
+    x0: float
+    dy: float
+    dx: float
+    ny: int
+    nx: int
+
+    def y_coords(self, start: float, step: int, n: int) -> np.ndarray:
+        """Centres of ``n`` output pixels that each cover ``step`` input pixels from ``start``."""
+        return self.y0 + (start + np.arange(n) * step + (step - 1) / 2) * self.dy
+
+    def x_coords(self, start: float, step: int, n: int) -> np.ndarray:
+        return self.x0 + (start + np.arange(n) * step + (step - 1) / 2) * self.dx
+
+
+def _check_axis(obj: Any, dim: str, values: np.ndarray) -> float:
+    if values.size == 0:
+        raise DimensionError(f"dimension {dim!r} of {_name(obj)} is empty; nothing to process")
+    if values.size == 1:
+        raise DimensionError(
+            f"dimension {dim!r} of {_name(obj)} has a single coordinate, so its pixel size is "
+            "unknown; xsky needs at least 2 pixels along each spatial axis"
+        )
+    if not np.issubdtype(values.dtype, np.number):
+        raise DimensionError(
+            f"coordinate {dim!r} of {_name(obj)} has dtype {values.dtype}, expected numbers"
+        )
+    if not np.all(np.isfinite(values)):
+        raise DimensionError(f"coordinate {dim!r} of {_name(obj)} contains NaN or inf")
+    d = np.diff(values.astype("float64"))
+    if not (np.all(d > 0) or np.all(d < 0)):
+        raise DimensionError(
+            f"dimension {dim!r} of {_name(obj)} is not monotonic; sort with obj.sortby({dim!r})"
+        )
+    step = float(np.median(d))
+    if np.max(np.abs(d - step)) > 1e-6 * max(abs(step), 1e-12) + 1e-9 * np.max(np.abs(values)):
+        raise DimensionError(
+            f"dimension {dim!r} of {_name(obj)} is irregular (steps from {d.min():g} to "
+            f"{d.max():g}); resample it onto a regular grid first (e.g. odc.geo reproject or "
+            "obj.interp)"
+        )
+    return step
+
+
+def grid_info(obj: xr.DataArray | xr.Dataset) -> GridInfo:
+    """Check that ``obj`` lies on a regular, monotonic pixel grid and describe it."""
+    ydim, xdim = spatial_dims(obj)
+    for d in (ydim, xdim):
+        if d not in obj.coords:
+            raise DimensionError(
+                f"dimension {d!r} of {_name(obj)} has no coordinate; assign pixel-centre "
+                f"coordinates with obj.assign_coords({d}=...)"
+            )
+    yv = np.asarray(obj[ydim].values)
+    xv = np.asarray(obj[xdim].values)
+    dy = _check_axis(obj, ydim, yv)
+    dx = _check_axis(obj, xdim, xv)
+    return GridInfo(ydim, xdim, float(yv[0]), float(xv[0]), dy, dx, yv.size, xv.size)
+
+
+def pixel_lonlat(x: np.ndarray, y: np.ndarray, crs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude/latitude (degrees, float64) of the 2-D grid spanned by 1-D ``x`` and ``y``.
+
+    Returns two arrays of shape ``(len(y), len(x))``.
+    """
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_user_input(crs)
+    xx, yy = np.meshgrid(np.asarray(x, "float64"), np.asarray(y, "float64"))
+    if crs.is_geographic:
+        tr = Transformer.from_crs(crs, crs.geodetic_crs or crs, always_xy=True)
+    else:
+        tr = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+    lon, lat = tr.transform(xx, yy)
+    return np.asarray(lon, "float64"), np.asarray(lat, "float64")

@@ -1,0 +1,319 @@
+"""Turn user xarray objects into per-modality raw arrays the engine understands.
+
+Every check here reads metadata (dims, coords, dtypes, attrs, chunks) only; pixel values are
+touched only when the input is already in memory (numpy-backed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._geo import GridInfo, get_crs, grid_info
+from .exceptions import (
+    BandMismatchError,
+    ChunkingError,
+    DimensionError,
+    XSkyError,
+    format_choices,
+)
+from .io.bands import canonical_band, match_bands
+from .models import ModalitySpec
+
+__all__ = ["Cube", "convert_units", "prepare_cubes"]
+
+_BAND_DIMS = ("band", "bands", "variable", "channel")
+_UNIT_ALIASES = {"reflectance": "reflectance", "dn": "dn", "db": "db", "decibel": "db",
+                 "linear": "linear", "rgb255": "rgb255", "1": "reflectance"}
+_MODALITY_ALIASES = {"sentinel2": "s2", "sentinel-2": "s2", "s2": "s2", "sentinel1": "s1",
+                     "sentinel-1": "s1", "s1": "s1", "hr": "hr", "highres": "hr"}
+
+
+@dataclass
+class Cube:
+    """One modality, ready for the graph: raw ``(T, C+1, Y, X)`` values plus a valid channel."""
+
+    name: str
+    raw: da.Array
+    n_bands: int
+    grid: GridInfo
+    time_dim: str | None
+    time: Any  # the time coordinate values (or None)
+    units: str
+    crs: Any
+
+
+def convert_units(have: str, want: str, modality: str) -> tuple[str, float]:
+    """``(conversion, scale)`` taking data in ``have`` units to a model's ``want`` units."""
+    if have == want:
+        return "none", 1.0
+    table = {
+        ("dn", "reflectance"): ("scale", 1e-4),
+        ("reflectance", "dn"): ("scale", 1e4),
+        ("linear", "db"): ("lin2db", 1.0),
+        ("db", "linear"): ("db2lin", 1.0),
+        ("reflectance", "rgb255"): ("scale", 255.0),
+        ("rgb255", "reflectance"): ("scale", 1 / 255.0),
+    }
+    if (have, want) not in table:
+        raise XSkyError(
+            f"modality {modality!r} is in units {have!r} but the model expects {want!r}, and "
+            "there is no conversion between them; pass units= to say what the data are in"
+        )
+    return table[(have, want)]
+
+
+def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None) -> str:
+    if override is not None:
+        u = _UNIT_ALIASES.get(str(override).lower())
+        if u is None:
+            raise XSkyError(
+                f"units={override!r} is not understood; use one of "
+                f"{format_choices(set(_UNIT_ALIASES.values()))}"
+            )
+        return u
+    attr = var.attrs.get("units")
+    if isinstance(attr, str) and attr.lower() in _UNIT_ALIASES:
+        return _UNIT_ALIASES[attr.lower()]
+    enc_dtype = var.encoding.get("dtype")
+    stored_int = np.issubdtype(var.dtype, np.integer) or (
+        enc_dtype is not None and np.issubdtype(np.dtype(enc_dtype), np.integer)
+        and "scale_factor" not in var.encoding
+    )
+    if mod.name == "s2":
+        return "dn" if stored_int else "reflectance"
+    if mod.name == "s1":
+        return "db"
+    if mod.name == "hr":
+        return "rgb255"
+    return mod.units
+
+
+def _check_dtype(var: xr.DataArray, name: str, mod: ModalitySpec) -> None:
+    dt = var.dtype
+    if dt == bool or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
+        raise XSkyError(
+            f"band {name!r} has dtype {dt}; xsky needs integer or floating-point values "
+            f"(convert with ds[{name!r}].astype('float32'))"
+        )
+    if np.issubdtype(dt, np.integer) and dt.itemsize == 1 and mod.name in ("s2", "s1"):
+        raise XSkyError(
+            f"band {name!r} is {dt}: 8-bit integers overflow for {mod.name.upper()} values "
+            "(Sentinel-2 DN reach 10 000 and more), so the data were probably clipped or wrapped; "
+            "load it as uint16 or float32 reflectance"
+        )
+    if np.issubdtype(dt, np.integer) and dt.itemsize == 8:
+        raise XSkyError(
+            f"band {name!r} is {dt}: 64-bit integers cannot be converted to float32 exactly; "
+            "convert with .astype('float32') after checking the value range"
+        )
+
+
+def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset:
+    if isinstance(obj, xr.Dataset):
+        return obj
+    if not isinstance(obj, xr.DataArray):
+        raise XSkyError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+    bdim = next((d for d in _BAND_DIMS if d in obj.dims), None)
+    valid = obj.coords.get("valid")
+    if bdim is None:
+        if obj.name is None or len(mod.bands) != 1:
+            raise DimensionError(
+                f"DataArray {obj.name!r} has dims {obj.dims} and no 'band' dimension, but the "
+                f"model needs bands {list(mod.bands)}; pass a Dataset with one variable per "
+                "band, or a DataArray with a 'band' dimension labelled by band name"
+            )
+        ds = obj.drop_vars("valid", errors="ignore").to_dataset()
+    else:
+        if bdim not in obj.coords:
+            raise DimensionError(
+                f"DataArray {obj.name!r} has a {bdim!r} dimension without labels; label it with "
+                f"obj.assign_coords({bdim}={list(mod.bands)!r})"
+            )
+        ds = obj.drop_vars("valid", errors="ignore").to_dataset(dim=bdim)
+        ds = ds.rename({k: str(k) for k in ds.data_vars if not isinstance(k, str)})
+    if valid is not None:
+        ds["valid"] = valid
+    return ds
+
+
+def _spatial_target(data: da.Array) -> int:
+    return int(max(data.chunks[-2][0], data.chunks[-1][0]))
+
+
+def prepare_modality(
+    obj: xr.DataArray | xr.Dataset, mod: ModalitySpec, *, fuses_time: bool,
+    units: str | None = None, what: str = "input",
+) -> Cube:
+    """Check one modality's xarray object and build its raw dask array ``(T, C+1, Y, X)``."""
+    ds = _as_dataset(obj, mod)
+    grid = grid_info(ds)
+    crs = get_crs(ds)
+    names = match_bands([str(v) for v in ds.data_vars if v != "valid"], mod.bands, mod.name,
+                        what=what)
+    allowed = {grid.ydim, grid.xdim, "time"}
+    first = ds[names[mod.bands[0]]]
+    time_dim = "time" if "time" in first.dims else None
+    order = ((time_dim,) if time_dim else ()) + (grid.ydim, grid.xdim)
+    arrays, in_memory = [], []
+    for band in mod.bands:
+        var = ds[names[band]]
+        extra = set(var.dims) - allowed
+        if extra:
+            raise DimensionError(
+                f"band {names[band]!r} of {what} has unexpected dimension(s) {sorted(extra)}; "
+                f"expected a subset of {sorted(allowed)}. Select or stack them first (e.g. "
+                f"ds.isel({sorted(extra)[0]}=0))"
+            )
+        if set(var.dims) != set(order):
+            raise DimensionError(
+                f"band {names[band]!r} of {what} has dims {var.dims} but band "
+                f"{names[mod.bands[0]]!r} has {first.dims}; all bands must share dims"
+            )
+        _check_dtype(var, names[band], mod)
+        var = var.transpose(*order)
+        in_memory.append(not isinstance(var.data, da.Array))
+        data = var.data
+        nodata = var.attrs.get("nodata", var.attrs.get("_FillValue"))
+        if nodata is None and np.issubdtype(var.dtype, np.integer):
+            nodata = var.encoding.get("_FillValue")
+        arrays.append((data, nodata))
+    band_units = _infer_units(ds[names[mod.bands[0]]], mod, units)
+
+    shape = arrays[0][0].shape
+    if any(s == 0 for s in shape):
+        raise DimensionError(f"{what} is empty (shape {dict(zip(order, shape, strict=True))})")
+    if time_dim is None:
+        shape = (1, *shape)
+    if fuses_time and time_dim is not None and not all(in_memory):
+        tchunks = arrays[0][0].chunks[0]
+        if len(tchunks) > 1:
+            raise ChunkingError(
+                f"'time' of {what} is split into {len(tchunks)} chunks {tchunks}, but the model "
+                "fuses all dates of a pixel at once; use obj.chunk(time=-1)"
+            )
+    if all(in_memory):
+        t_chunk = -1 if fuses_time else 16
+        chunks: tuple[Any, ...] = (t_chunk, 512, 512)
+    else:
+        ref = next(a for a, _ in arrays if isinstance(a, da.Array))
+        chunks = ref.chunks
+    bands = []
+    ref_chunks = None
+    for data, nodata in arrays:
+        d = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks[-data.ndim:])
+        if ref_chunks is None:
+            ref_chunks = d.chunks
+        elif d.chunks != ref_chunks:
+            d = d.rechunk(ref_chunks)
+        d = d.astype(np.float32)
+        if nodata is not None and np.isfinite(nodata):
+            d = da.where(d == np.float32(nodata), np.float32(np.nan), d)
+        if time_dim is None:
+            d = d[None]
+        bands.append(d)
+    stack = da.stack(bands, axis=1)
+    if "valid" in ds.data_vars or "valid" in ds.coords:
+        v = ds["valid"]
+        if not set(v.dims) <= set(order):
+            raise DimensionError(
+                f"'valid' of {what} has dims {v.dims}; expected a subset of {order}"
+            )
+        if not (v.dtype == bool or np.issubdtype(v.dtype, np.number)):
+            raise XSkyError(f"'valid' of {what} must be boolean, got dtype {v.dtype}")
+        v = v.broadcast_like(first).transpose(*order)
+        vd = v.data if isinstance(v.data, da.Array) else da.from_array(v.data)
+        vd = (vd > 0.5) if vd.dtype != bool else vd  # NaN compares False: invalid
+        if time_dim is None:
+            vd = vd[None]
+        vd = vd.astype(np.float32).rechunk(stack[:, 0].chunks)[:, None]
+    else:
+        vd = da.ones_like(stack[:, :1], dtype=np.float32)
+    raw = da.concatenate([stack, vd], axis=1)
+    if all(in_memory):
+        _check_not_all_invalid(ds, names, what)
+    time = ds[time_dim].values if time_dim is not None else None
+    return Cube(mod.name, raw, len(mod.bands), grid, time_dim, time, band_units, crs)
+
+
+def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) -> None:
+    """For in-memory input, reject data with no usable pixel (cheap: no dask involved)."""
+    finite = np.ones(1, bool)
+    for v in names.values():
+        finite = finite & np.isfinite(np.asarray(ds[v].values, dtype=np.float32))
+    if "valid" in ds:
+        finite = finite & (np.asarray(ds["valid"].values) > 0.5)
+    if not finite.any():
+        raise XSkyError(
+            f"{what} has no valid pixel: every value is NaN or masked by 'valid'. Check the "
+            "nodata value, the scaling and the cloud mask."
+        )
+
+
+def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.DataArray]:
+    """Split the user's object into ``{modality: xarray object}`` for the model."""
+    names = model_spec.modality_names
+    if isinstance(obj, xr.DataTree):
+        found: dict[str, Any] = {}
+        for key, child in obj.children.items():
+            mod = _MODALITY_ALIASES.get(key.lower(), key)
+            if mod in names:
+                found[mod] = child.to_dataset()
+        if not found and obj.has_data:
+            found[names[0]] = obj.to_dataset()
+        if not found:
+            raise XSkyError(
+                f"the DataTree has nodes {list(obj.children)} but the model "
+                f"{model_spec.name!r} takes modalities {list(names)}; name the nodes after them "
+                "(xsky.stack(s2=..., s1=..., hr=...) builds such a tree)"
+            )
+    elif isinstance(obj, (xr.Dataset, xr.DataArray)):
+        found = {_pick_modality(obj, model_spec): obj}
+    else:
+        raise XSkyError(
+            f"xsky.embed needs an xarray DataArray, Dataset or DataTree, got {type(obj).__name__}"
+        )
+    missing = [m for m in model_spec.required_modalities if m not in found]
+    if missing:
+        raise BandMismatchError(
+            f"model {model_spec.name!r} needs modality {missing}, but the input has "
+            f"{list(found)}; pass a DataTree with a node per modality"
+        )
+    return found
+
+
+def _pick_modality(obj: xr.Dataset | xr.DataArray, model_spec: Any) -> str:
+    """For a plain Dataset/DataArray, the modality whose bands it holds."""
+    if len(model_spec.modalities) == 1:
+        return model_spec.modalities[0].name
+    if isinstance(obj, xr.Dataset):
+        names = [str(v) for v in obj.data_vars]
+    else:
+        bdim = next((d for d in _BAND_DIMS if d in obj.dims), None)
+        names = [str(v) for v in obj[bdim].values] if bdim and bdim in obj.coords else []
+    for mod in model_spec.modalities:
+        have = {canonical_band(n, mod.name) for n in names}
+        if set(mod.bands) <= have:
+            return mod.name
+    return model_spec.modalities[0].name
+
+
+def prepare_cubes(obj: Any, model_spec: Any, *, units: Any = None) -> dict[str, Cube]:
+    """``{modality: Cube}`` for the modalities of ``obj`` the model takes."""
+    objs = modality_objects(obj, model_spec)
+    if units is not None and not isinstance(units, Mapping):
+        units = {m: units for m in objs}
+    cubes = {}
+    for mod in model_spec.modalities:
+        if mod.name in objs:
+            cubes[mod.name] = prepare_modality(
+                objs[mod.name], mod, fuses_time=model_spec.fuses_time,
+                units=(units or {}).get(mod.name),
+                what=f"modality {mod.name!r}" if len(objs) > 1 else "the input",
+            )
+    return cubes

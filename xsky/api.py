@@ -1,0 +1,321 @@
+"""The public functions behind ``.sky``: they take and return xarray objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._geo import GridInfo, write_crs
+from ._version import __version__
+from .exceptions import DimensionError, XSkyError, format_choices
+
+__all__ = ["embed"]
+
+EDGES = ("reflect", "pad")
+
+
+def _coerce_batch_size(batch_size: Any, default: int) -> int:
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise XSkyError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
+    from .models import EmbeddingModel, create_model
+
+    if isinstance(model, str):
+        return create_model(model, weights, **options)
+    if isinstance(model, EmbeddingModel):
+        if weights is not None or options:
+            raise XSkyError(
+                "weights/model options were given together with a ready model instance; pass "
+                "them to xsky.models.create_model instead, or pass the model's name"
+            )
+        return model
+    raise XSkyError(
+        f"model must be a registered model name (see xsky.models.list_models()) or an "
+        f"xsky.models.EmbeddingModel, got {type(model).__name__}; wrap plain torch modules "
+        "with xsky.models.wrap(...)"
+    )
+
+
+def _reference_grid(cubes: Mapping[str, Any], spec: Any) -> tuple[GridInfo, Any]:
+    """The output's reference grid (a grid_factor-1 modality, or a coarsened finer one)."""
+    ref_mod = next((m for m in spec.modalities if m.name in cubes and m.grid_factor == 1), None)
+    if ref_mod is None:
+        ref_mod = next(m for m in spec.modalities if m.name in cubes)
+    cube = cubes[ref_mod.name]
+    g = ref_mod.grid_factor
+    gi = cube.grid
+    if gi.ny % g or gi.nx % g:
+        raise DimensionError(
+            f"modality {ref_mod.name!r} is {gi.ny}x{gi.nx} pixels, not a multiple of its grid "
+            f"factor {g}; crop it to a multiple of {g}"
+        )
+    ref = GridInfo(gi.ydim, gi.xdim, gi.y0 + (g - 1) / 2 * gi.dy, gi.x0 + (g - 1) / 2 * gi.dx,
+                   gi.dy * g, gi.dx * g, gi.ny // g, gi.nx // g)
+    for m in spec.modalities:
+        if m.name not in cubes or m.name == ref_mod.name:
+            continue
+        c = cubes[m.name].grid
+        want = (ref.ny * m.grid_factor, ref.nx * m.grid_factor)
+        ratio_y = ref.dy / c.dy
+        y0 = c.y0 + (m.grid_factor - 1) / 2 * c.dy
+        x0 = c.x0 + (m.grid_factor - 1) / 2 * c.dx
+        tol = 1e-3 * abs(ref.dx)
+        if (c.ny, c.nx) != want or abs(ratio_y - m.grid_factor) > 1e-6 or \
+                abs(y0 - ref.y0) > tol or abs(x0 - ref.x0) > tol:
+            raise DimensionError(
+                f"modality {m.name!r} is not aligned with {ref_mod.name!r}: it must be exactly "
+                f"{m.grid_factor}x finer on the same footprint (shape {want}), found shape "
+                f"{(c.ny, c.nx)} and a pixel-size ratio of {ratio_y:g}; align it with "
+                "xsky.stack(...)"
+            )
+    return ref, cubes[ref_mod.name].crs
+
+
+def _day_of_year(time: Any, modality: str) -> tuple[int, ...]:
+    import pandas as pd
+
+    if time is None:
+        raise DimensionError(
+            f"modality {modality!r} has no 'time' dimension, but the model encodes the date of "
+            "each observation; add a datetime 'time' dimension (ds.expand_dims(time=[...]))"
+        )
+    try:
+        doy = pd.DatetimeIndex(time).dayofyear
+    except (TypeError, ValueError) as err:
+        raise DimensionError(
+            f"'time' of modality {modality!r} must hold dates (datetime64), got dtype "
+            f"{np.asarray(time).dtype}; decode it with xr.decode_cf or assign datetimes"
+        ) from err
+    return tuple(int(min(d, 365)) for d in doy)  # day 366 of a leap year reuses 365
+
+
+def embed(
+    obj: xr.DataArray | xr.Dataset | xr.DataTree,
+    model: Any,
+    *,
+    weights: Any = None,
+    device: Any = "auto",
+    batch_size: int | None = None,
+    edge: str = "reflect",
+    overlap: int = 0,
+    precision: str = "float32",
+    units: str | Mapping[str, str] | None = None,
+    geo_context: xr.Dataset | None = None,
+    **model_options: Any,
+) -> xr.DataArray:
+    """Embed a datacube with a foundation model, lazily.
+
+    Windows are placed on a grid anchored to the array's pixel grid, so the result does not
+    depend on the chunking; each dask block gathers the windows it owns (with a halo from its
+    neighbours), normalises them, runs the model in batches and keeps each window's centre.
+
+    Parameters
+    ----------
+    obj
+        A Dataset with one variable per band (canonical names or aliases such as ``B2``,
+        ``blue``, ``nir``) and an optional boolean ``valid`` variable; a DataArray with a
+        labelled ``band`` dimension; or a DataTree with one node per modality (``s2``, ``s1``,
+        ``hr``). Dims ``(time, y, x)`` or ``(y, x)``; regular, monotonic x/y and a CRS.
+        Numpy-backed input is wrapped into dask.
+    model
+        A registered name (``xsky.models.list_models()``) or an
+        :class:`~xsky.models.EmbeddingModel` (e.g. from :func:`xsky.models.wrap`).
+    weights
+        Local weights for a named model.
+    device
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
+        resolved inside each task.
+    batch_size
+        Windows per forward pass (default: the model's).
+    edge
+        How windows see past the array's edges: ``"reflect"`` (mirror pixels) or ``"pad"``
+        (treated as missing data and filled, like invalid pixels). Nothing is dropped: the
+        output covers ``ceil(n / stride)`` pixels per axis.
+    overlap
+        Dense models: context pixels discarded on each side of every window (multiple of the
+        stride, less than half the window). More overlap, fewer seam effects, more compute.
+    precision
+        ``"float32"`` or ``"bfloat16"`` (autocast; worthwhile on CUDA).
+    units
+        Units of the input (``"reflectance"``, ``"dn"``, ``"db"``, ``"linear"``,
+        ``"rgb255"``), or a dict per modality; by default read from ``attrs["units"]`` or the
+        stored dtype (integer Sentinel-2 values are taken as DN = reflectance x 10 000).
+    geo_context
+        Prototypes from :func:`xsky.prototypes`: each pixel's feature is enriched with its
+        region's prototypes (feature dim doubles).
+    **model_options
+        Passed to :func:`xsky.models.create_model` for a named model (e.g. ``stride=64`` for
+        SatCLIP image encoders, ``temporal="per-date"`` for SkySense).
+
+    Returns
+    -------
+    xarray.DataArray
+        Named ``embedding``, float32, dims ``(time, y, x, feature)`` for per-date models and
+        ``(y, x, feature)`` for models that fuse time; pixel-centre coordinates at the output
+        stride; the input CRS; a ``valid_fraction`` coordinate (fraction of valid input pixels
+        under each output pixel; outputs with none are NaN); provenance in ``attrs``.
+
+    Examples
+    --------
+    >>> import xsky
+    >>> cube = xsky.tutorial.open_dataset("romania").isel(time=slice(0, 4))
+    >>> emb = xsky.embed(cube, "test-tiny")
+    >>> emb.dims, emb.shape
+    (('time', 'y', 'x', 'feature'), (4, 16, 16, 16))
+    """
+    from .engine.graph import build_embedding, build_valid_fraction, pad_and_chunk
+    from .engine.kernel import BlockTask, ModalityInput
+    from .engine.plan import plan_axis
+    from .runtime.device import PRECISIONS, check_device
+
+    if edge not in EDGES:
+        raise XSkyError(f"edge={edge!r} is not supported; choose one of {format_choices(EDGES)}")
+    if precision not in PRECISIONS:
+        raise XSkyError(
+            f"precision={precision!r} is not supported; choose one of {format_choices(PRECISIONS)}"
+        )
+    device = check_device(device)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)):
+        raise XSkyError(f"overlap must be an integer number of pixels, got {overlap!r}")
+    if device.startswith("cuda"):
+        _check_cuda_reachable(device)
+    net = _resolve_model(model, weights, model_options)
+    spec = net.spec
+    batch = _coerce_batch_size(batch_size, spec.default_batch_size)
+
+    from ._inputs import convert_units, prepare_cubes
+
+    cubes = prepare_cubes(obj, spec, units=units)
+    ref, crs = _reference_grid(cubes, spec)
+    first = next(iter(cubes.values()))
+    g0 = spec.modality(first.name).grid_factor
+    target_y = max(1, first.raw.chunks[2][0] // g0)
+    target_x = max(1, first.raw.chunks[3][0] // g0)
+    py = plan_axis(ref.ny, spec.window, spec.stride, spec.output, int(overlap), target_y, ref.ydim)
+    px = plan_axis(ref.nx, spec.window, spec.stride, spec.output, int(overlap), target_x, ref.xdim)
+
+    mods, raws = [], []
+    time_chunks = first.raw.chunks[0]
+    for m in spec.modalities:
+        if m.name not in cubes:
+            continue
+        cube = cubes[m.name]
+        conv, scale = convert_units(cube.units, m.units, m.name)
+        doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
+        mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor, conv, scale, m.mean,
+                                  m.std, doy))
+        tch = cube.raw.chunks[0] if not spec.fuses_time else (cube.raw.shape[0],)
+        raws.append(pad_and_chunk(cube.raw, py, px, m.grid_factor, edge, tch))
+    task = BlockTask(net.ref, tuple(mods), py, px, spec.fuses_time, spec.output,
+                     spec.feature_dim, device, batch, precision)
+    if net.ref.name is None:
+        _preload_on_cluster(net)
+    data = build_embedding(raws, task, time_chunks)
+
+    ycoord = ref.y_coords(0, spec.stride, py.n_out)
+    xcoord = ref.x_coords(0, spec.stride, px.n_out)
+    coords: dict[str, Any] = {ref.ydim: ycoord, ref.xdim: xcoord,
+                              "feature": np.arange(spec.feature_dim)}
+    dims: tuple[str, ...] = (ref.ydim, ref.xdim, "feature")
+    if not spec.fuses_time and first.time_dim is not None:
+        dims = ("time", *dims)
+        coords["time"] = first.time
+    elif not spec.fuses_time:
+        data = data[0]
+    fraction = _valid_fraction(cubes, spec, py, px, build_valid_fraction)
+    if spec.fuses_time or first.time_dim is None:
+        vf_dims = (ref.ydim, ref.xdim)
+    else:
+        vf_dims = ("time", ref.ydim, ref.xdim)
+    out = xr.DataArray(data, dims=dims, coords=coords, name="embedding")
+    out = out.assign_coords(valid_fraction=(vf_dims, fraction))
+    out = write_crs(out, crs)
+    out.attrs.update(_provenance(net, spec, edge, overlap, mods, device, precision))
+    if geo_context is not None:
+        from .prototypes import geo_context as _geo_context
+
+        out = _geo_context(out, geo_context)
+    return out
+
+
+def _valid_fraction(cubes: Mapping[str, Any], spec: Any, py: Any, px: Any, build: Any) -> Any:
+    import dask.array as da
+
+    fracs, weights = [], []
+    for m in spec.modalities:
+        if m.name not in cubes:
+            continue
+        cube = cubes[m.name]
+        f = build(cube.raw, m.bands.__len__(), spec.stride * m.grid_factor, py.out_chunks,
+                  px.out_chunks)
+        if spec.fuses_time:
+            fracs.append(f.mean(axis=0) * f.shape[0])
+            weights.append(f.shape[0])
+        else:
+            return f if cube.time_dim is not None else f[0]
+    total = fracs[0]
+    for f in fracs[1:]:
+        total = total + f
+    return (total / float(sum(weights))).astype(np.float32) if len(fracs) else da.zeros(())
+
+
+def _provenance(net: Any, spec: Any, edge: str, overlap: int, mods: Any, device: str,
+                precision: str) -> dict[str, Any]:
+    norm = {m.name: {"bands": list(spec.modality(m.name).bands), "units":
+                     spec.modality(m.name).units, "mean": m.mean, "std": m.std}
+            for m in mods}
+    return {
+        "model": spec.name,
+        "weights_sha256": net.weights_sha256,
+        "xsky_version": __version__,
+        "window": spec.window,
+        "stride": spec.stride,
+        "overlap": int(overlap),
+        "edge": edge,
+        "output_kind": spec.output,
+        "modalities": ",".join(m.name for m in mods),
+        "normalization": json.dumps(norm),
+        "precision": precision,
+    }
+
+
+def _check_cuda_reachable(device: str) -> None:
+    """Refuse an explicit CUDA device when neither this process nor a cluster can provide it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        from distributed import default_client
+
+        default_client()
+    except (ImportError, ValueError):
+        raise XSkyError(
+            f"device={device!r} was requested but no CUDA GPU is available here and no dask "
+            "cluster is connected; use device='auto' (CPU here, GPU where present) or 'cpu'"
+        ) from None
+
+
+def _preload_on_cluster(net: Any) -> None:
+    """Ship an unregistered model to the workers of an active distributed client, once."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return
+    try:
+        client = default_client()
+    except ValueError:
+        return
+    from .runtime.plugin import preload
+
+    preload(net, client)
