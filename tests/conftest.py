@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from xsky.models import EmbeddingModel, ModalitySpec, ModelSpec
 
 # Keep torch from oversubscribing the 2-core CI machine when dask runs tasks in threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -18,3 +23,55 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared data folder not found at {SHARED}; tests expect ../shared")
     return SHARED
+
+
+class WindowMean(EmbeddingModel):
+    """Pooled test model: the mean of each band over the whole window."""
+
+    def __init__(self, window: int = 16, stride: int = 8) -> None:
+        super().__init__()
+        self.spec = ModelSpec(
+            name="window-mean", modalities=(ModalitySpec("s2", ("B02", "B03")),),
+            window=window, stride=stride, feature_dim=2, output="pooled",
+        )
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return inputs["s2"].mean(dim=(2, 3))
+
+
+class TemporalMean(EmbeddingModel):
+    """Time-fusing test model: per pixel, the mean over valid dates of each band and of the
+    day of year (feature C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec(
+            name="temporal-mean", modalities=(ModalitySpec("s2", ("B02", "B03")),),
+            window=8, stride=1, feature_dim=3, fuses_time=True,
+        )
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x, valid, doy = inputs["s2"], inputs["s2_valid"], inputs["s2_doy"]
+        w = valid.float()  # (N, T, W, W)
+        n = w.sum(1).clamp(min=1)
+        bands = (x * w[:, None]).sum(2) / n[:, None]
+        d = (doy[:, :, None, None].float() * w).sum(1) / n
+        return torch.cat([bands, d[:, None]], dim=1)
+
+
+@pytest.fixture
+def window_mean() -> WindowMean:
+    return WindowMean().set_ref(None)
+
+
+@pytest.fixture
+def temporal_mean() -> TemporalMean:
+    return TemporalMean().set_ref(None)
+
+
+def reflect_pad(a: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (lo, hi)
+    return np.pad(a, pad, mode="reflect")

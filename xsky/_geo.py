@@ -5,6 +5,7 @@ They read coordinates and CRS metadata only, never pixel values.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,8 @@ def get_crs(obj: xr.DataArray | xr.Dataset) -> Any:
                     break
     if crs is None:
         ydim, xdim = (None, None)
-        try:
+        with contextlib.suppress(DimensionError):
             ydim, xdim = spatial_dims(obj)
-        except DimensionError:
-            pass
         if ydim in ("lat", "latitude") and xdim in ("lon", "longitude"):
             return CRS.from_epsg(4326)
         raise CRSError(

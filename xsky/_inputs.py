@@ -96,7 +96,7 @@ def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None) -> 
 
 def _check_dtype(var: xr.DataArray, name: str, mod: ModalitySpec) -> None:
     dt = var.dtype
-    if dt == bool or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
+    if dt.kind == "b" or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
         raise XSkyError(
             f"band {name!r} has dtype {dt}; xsky needs integer or floating-point values "
             f"(convert with ds[{name!r}].astype('float32'))"
@@ -307,7 +307,7 @@ def prepare_cubes(obj: Any, model_spec: Any, *, units: Any = None) -> dict[str, 
     """``{modality: Cube}`` for the modalities of ``obj`` the model takes."""
     objs = modality_objects(obj, model_spec)
     if units is not None and not isinstance(units, Mapping):
-        units = {m: units for m in objs}
+        units = dict.fromkeys(objs, units)
     cubes = {}
     for mod in model_spec.modalities:
         if mod.name in objs:

@@ -28,16 +28,24 @@ def _coerce_batch_size(batch_size: Any, default: int) -> int:
 
 
 def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
-    from .models import EmbeddingModel, create_model
+    from .models import EmbeddingModel
 
     if isinstance(model, str):
-        return create_model(model, weights, **options)
+        from .runtime.cache import get_or_create
+
+        # cached: tasks in this process reuse it, and a second embed() does not rebuild it
+        return get_or_create(model, weights, **options)
     if isinstance(model, EmbeddingModel):
         if weights is not None or options:
             raise XSkyError(
                 "weights/model options were given together with a ready model instance; pass "
                 "them to xsky.models.create_model instead, or pass the model's name"
             )
+        if getattr(model, "ref", None) is None:
+            model.set_ref(None)
+        from .runtime.cache import put_model
+
+        put_model(model)
         return model
     raise XSkyError(
         f"model must be a registered model name (see xsky.models.list_models()) or an "
@@ -90,7 +98,7 @@ def _day_of_year(time: Any, modality: str) -> tuple[int, ...]:
             "each observation; add a datetime 'time' dimension (ds.expand_dims(time=[...]))"
         )
     try:
-        doy = pd.DatetimeIndex(time).dayofyear
+        doy = pd.DatetimeIndex(time).day_of_year
     except (TypeError, ValueError) as err:
         raise DimensionError(
             f"'time' of modality {modality!r} must hold dates (datetime64), got dtype "

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 __all__ = [
     "BandMismatchError",
+    "CRSError",
     "CheckpointError",
     "ChunkingError",
-    "CRSError",
     "DimensionError",
     "MissingDependencyError",
     "UnknownModelError",

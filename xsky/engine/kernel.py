@@ -143,8 +143,8 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
             if task.fuses_time:
                 ky, kx = np.divmod(idx, nwx)
                 for v, va, mod in zip(views, valids, task.modalities, strict=True):
-                    xb = v[:, :, ky, kx]  # (B, T, C, W, W): advanced dims first
-                    inputs[mod.name] = xb.permute(0, 2, 1, 3, 4).to(device, non_blocking=True)
+                    xb = v[:, :, ky, kx]  # (T, C, B, W, W): adjacent advanced dims stay put
+                    inputs[mod.name] = xb.permute(2, 1, 0, 3, 4).to(device, non_blocking=True)
                     inputs[mod.name + "_valid"] = va[:, ky, kx].permute(1, 0, 2, 3).to(device)
                     doy = torch.as_tensor(mod.doy, dtype=torch.int64)
                     inputs[mod.name + "_doy"] = doy.expand(len(idx), -1).to(device)

@@ -11,6 +11,7 @@ Output pixel ``j`` always covers input pixels ``[j*stride, (j+1)*stride)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -140,10 +141,10 @@ def plan_axis(
     depth = max(lo, hi, 0)
     # whole windows per chunk, and enough that every chunk is at least the halo depth
     per = max(1, round((target_chunk or 8 * window) / core), math.ceil(depth / core) if depth else 1)
-    bounds = list(range(0, n_windows, per)) + [n_windows]
+    bounds = [*range(0, n_windows, per), n_windows]
     if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * core < max(depth, 1):
         del bounds[-2]  # merge a last chunk too small to lend its halo
-    windows = tuple(zip(bounds[:-1], bounds[1:], strict=True))
+    windows = tuple(itertools.pairwise(bounds))
     n_pad = pad_lo + n + pad_hi
     edges = [pad_lo + k0 * core for k0, _ in windows]
     edges[0] = 0

@@ -85,7 +85,7 @@ def register_model(
             default_spec = spec or model.spec.replace(name=name)
             model.spec = default_spec
             model.set_ref(name, sha256=model.weights_sha256)
-            from ..runtime.cache import put_model  # noqa: PLC0415 (avoid import cycle)
+            from ..runtime.cache import put_model
 
             put_model(model)
 

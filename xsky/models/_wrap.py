@@ -113,7 +113,7 @@ def wrap(
     >>> model.spec.bands
     ('B02', 'B03', 'B04', 'B08')
     """
-    from ..io.bands import canonical_band  # noqa: PLC0415
+    from ..io.bands import canonical_band
 
     if not isinstance(module, nn.Module):
         raise XSkyError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
@@ -133,7 +133,7 @@ def wrap(
     if name is None:
         model.spec = spec.replace(name=f"wrapped-{digest[:12]}")
     model.set_ref(None, sha256=digest)
-    from ..runtime.cache import put_model  # noqa: PLC0415
+    from ..runtime.cache import put_model
 
     put_model(model)
     return model

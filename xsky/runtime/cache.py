@@ -7,19 +7,22 @@ rebuilds it from the registry, so weights never travel in the graph.
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import XSkyError
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel, ModelRef
 
-__all__ = ["clear_cache", "get_model", "put_model"]
+__all__ = ["clear_cache", "get_model", "get_or_create", "put_model"]
 
 _CACHE: dict[tuple[str, str, str], EmbeddingModel] = {}
 _LOCK = threading.RLock()
 BUILDS: dict[tuple[str, str, str], int] = {}  # how often each key was built here (for tests)
+_RECIPES: dict[tuple[Any, ...], ModelRef] = {}  # (name, weights file state, options) -> ref
 
 
 def put_model(model: EmbeddingModel, device: str = "cpu") -> None:
@@ -33,6 +36,7 @@ def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
         BUILDS.clear()
+        _RECIPES.clear()
 
 
 def get_model(ref: ModelRef, device: str = "cpu") -> EmbeddingModel:
@@ -80,4 +84,41 @@ def _build(ref: ModelRef) -> EmbeddingModel:
             f"but the graph expects {ref.sha256[:12]}; the weights file "
             f"{ref.weights!r} differs between processes (or the model is not deterministic)"
         )
+    return model
+
+
+def _recipe_key(name: str, weights: Any, options: dict[str, Any]) -> tuple[Any, ...]:
+    state: tuple[Any, ...] = ()
+    if weights is not None:
+        p = Path(weights).expanduser()
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        state = tuple((str(f), *_stat(f)) for f in files)
+    return (name, state, repr(sorted(options.items())))
+
+
+def _stat(f: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(f)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def get_or_create(name: str, weights: Any = None, **options: Any) -> EmbeddingModel:
+    """``create_model(name, weights, **options)``, reusing this process's cached instance.
+
+    A model is rebuilt only when its weights files change (size or modification time).
+    """
+    from ..models import create_model
+
+    key = _recipe_key(name, weights, options)
+    ref = _RECIPES.get(key)
+    if ref is not None:
+        model = _CACHE.get((*ref.key, "cpu"))
+        if model is not None:
+            return model
+    model = create_model(name, weights, **options)
+    with _LOCK:
+        _RECIPES[key] = model.ref
+        _CACHE[(*model.ref.key, "cpu")] = model
     return model

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from .cache import get_model, put_model
 
 __all__ = ["ModelPreloader", "preload"]
 
 
-class ModelPreloader:
+class ModelPreloader(WorkerPlugin):
     """Worker plugin: on setup, build (registry models) or unpickle (others) the model.
 
     Registered once per model; a model that must be shipped travels to each worker with the
@@ -30,9 +32,6 @@ class ModelPreloader:
         import cloudpickle
 
         put_model(cloudpickle.loads(self.payload))
-
-    def teardown(self, worker: Any = None) -> None:
-        pass
 
 
 def preload(model: Any, client: Any) -> None:

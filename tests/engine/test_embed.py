@@ -1,0 +1,256 @@
+"""The embedding engine: placement of windows, edges, masks, laziness, chunk invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xsky
+from xsky.models import create_model
+from xsky.testing import raise_if_dask_computes, synthetic_s2_cube
+
+from ..conftest import reflect_pad
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _norm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    spec = create_model("test-tiny").spec.modalities[0]
+    mean = np.array(spec.mean, np.float32)[:, None, None]
+    std = np.array(spec.std, np.float32)[:, None, None]
+    return np.where(valid[None], (x - mean) / std, 0).astype(np.float32)
+
+
+def _tiny(window: np.ndarray) -> np.ndarray:
+    """Run test-tiny on one (C, 16, 16) normalised window -> (4, 4, F)."""
+    model = create_model("test-tiny")
+    with torch.no_grad():
+        return model(torch.from_numpy(window)[None])[0].permute(1, 2, 0).numpy()
+
+
+@pytest.fixture(scope="module")
+def cube() -> xr.Dataset:
+    return synthetic_s2_cube(50, 45, 3, valid_fraction=0.9, seed=3)
+
+
+def test_output_layout_coords_crs_and_attrs(cube):
+    emb = xsky.embed(cube, "test-tiny")
+    assert emb.name == "embedding"
+    assert emb.dims == ("time", "y", "x", "feature")
+    # nothing dropped: ceil(50 / 4) x ceil(45 / 4)
+    assert emb.shape == (3, 13, 12, 16)
+    assert emb.dtype == np.float32
+    # pixel centres at the stride: output pixel j covers input pixels [4j, 4j + 4)
+    np.testing.assert_allclose(emb.x.values, cube.x.values[0] + (4 * np.arange(12) + 1.5) * 10)
+    np.testing.assert_allclose(emb.y.values, cube.y.values[0] - (4 * np.arange(13) + 1.5) * 10)
+    assert emb.rio.crs == cube.rio.crs
+    import odc.geo.xr  # noqa: F401
+
+    gbox = emb.odc.geobox
+    assert gbox.shape == (13, 12)
+    assert gbox.resolution.x == 40 and gbox.resolution.y == -40
+    assert gbox.affine.c == pytest.approx(float(cube.x[0]) - 5)
+    assert emb.attrs["model"] == "test-tiny"
+    assert emb.attrs["weights_sha256"] == create_model("test-tiny").weights_sha256
+    assert emb.attrs["xsky_version"] == xsky.__version__
+    assert (emb.attrs["window"], emb.attrs["stride"]) == (16, 4)
+    np.testing.assert_array_equal(emb.time.values, cube.time.values)
+
+
+def test_nothing_computes_while_the_graph_is_built(cube):
+    dask_cube = cube.chunk(time=1, y=20, x=20)
+    with raise_if_dask_computes():
+        emb = dask_cube.sky.embed("test-tiny")
+        emb_pad = xsky.embed(dask_cube, "test-tiny", edge="pad", overlap=4)
+        _ = emb.valid_fraction
+    assert emb.chunks is not None and emb_pad.chunks is not None
+
+
+def test_windows_match_a_direct_model_call(cube):
+    """Interior window (1, 1) and the bottom-right edge window (reflect) against the model."""
+    emb = xsky.embed(cube.chunk(y=13, x=11), "test-tiny").values
+    x = np.stack([cube[b].values for b in BANDS], 1)  # (T, C, Y, X)
+    valid = cube.valid.values
+    t = 1
+    win = _norm(x[t, :, 16:32, 16:32], valid[t, 16:32, 16:32])
+    ref = _tiny(win)
+    np.testing.assert_allclose(emb[t, 4:8, 4:8], np.where(np.isnan(emb[t, 4:8, 4:8]), np.nan, ref),
+                               atol=1e-5)
+    # the last windows start at 48 (y) and 32 (x); y is reflect-padded from 50 to 64
+    xp = reflect_pad(reflect_pad(x[t], 0, 14, 1), 0, 3, 2)
+    vp = reflect_pad(reflect_pad(valid[t], 0, 14, 0), 0, 3, 1)
+    ref = _tiny(_norm(xp[:, 48:64, 32:48], vp[48:64, 32:48]))
+    got = emb[t, 12:13, 8:12]
+    mask = ~np.isnan(got)
+    np.testing.assert_allclose(got[mask], ref[0:1, :4][mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("overlap", [0, 4])
+@pytest.mark.parametrize("edge", ["reflect", "pad"])
+def test_result_does_not_depend_on_chunking(cube, overlap, edge):
+    base = xsky.embed(cube, "test-tiny", overlap=overlap, edge=edge).values
+    chunkings = [
+        {"time": 1, "y": 7, "x": 9},  # smaller than the window, not multiples of the stride
+        {"time": 2, "y": 21, "x": 13},  # not multiples of the stride
+        {"time": -1, "y": 50, "x": 45},  # one chunk
+        {"time": 1, "y": 33, "x": 17},
+    ]
+    for ch in chunkings:
+        other = xsky.embed(cube.chunk(ch), "test-tiny", overlap=overlap, edge=edge).values
+        np.testing.assert_array_equal(np.isnan(base), np.isnan(other))
+        assert np.nanmax(np.abs(base - other)) <= 1e-5, ch
+
+
+def test_batch_size_does_not_change_results(cube):
+    a = xsky.embed(cube, "test-tiny", batch_size=1).values
+    b = xsky.embed(cube, "test-tiny", batch_size=1000).values
+    assert np.nanmax(np.abs(a - b)) <= 1e-5
+
+
+def test_overlap_keeps_window_centres(cube):
+    """With overlap 4, window k reads [8k - 4, 8k + 12) and keeps output pixels 1..2."""
+    emb = xsky.embed(cube.isel(time=[0]), "test-tiny", overlap=4).values[0]
+    x = np.stack([cube[b].values[0] for b in BANDS])
+    valid = cube.valid.values[0]
+    xp = reflect_pad(reflect_pad(x, 4, 0, 1), 4, 0, 2)
+    vp = reflect_pad(reflect_pad(valid, 4, 0, 0), 4, 0, 1)
+    # window (2, 3) starts at padded (16, 24)
+    ref = _tiny(_norm(xp[:, 16:32, 24:40], vp[16:32, 24:40]))[1:3, 1:3]
+    got = emb[4:6, 6:8]
+    m = ~np.isnan(got)
+    np.testing.assert_allclose(got[m], ref[m], atol=1e-5)
+
+
+def test_edge_modes_differ_only_near_the_edges(cube):
+    a = xsky.embed(cube, "test-tiny", edge="reflect").values
+    b = xsky.embed(cube, "test-tiny", edge="pad").values
+    # the windows touching the padded bottom rows / right columns differ ...
+    assert np.nanmax(np.abs(a[:, 12:] - b[:, 12:])) > 1e-3
+    # ... the interior windows do not (no padding involved)
+    np.testing.assert_allclose(a[:, :12, :8], b[:, :12, :8], atol=1e-6)
+
+
+def test_invalid_pixels_give_nan_and_valid_fraction(cube):
+    ds = cube.copy(deep=True)
+    valid = ds.valid.values.copy()
+    valid[0, :16, :16] = False  # a whole window invalid on date 0
+    valid[1, 0:2, 0:4] = False  # half of output pixel (0, 0) on date 1
+    ds["B03"].values[2, 20, 20] = np.nan  # NaN counts as invalid
+    ds["valid"] = (ds.valid.dims, valid)
+    emb = xsky.embed(ds, "test-tiny")
+    vals = emb.values
+    assert np.isnan(vals[0, :4, :4]).all()
+    frac = emb.valid_fraction.values
+    assert frac[1, 0, 0] == pytest.approx(np.mean(valid[1, 0:4, 0:4]))
+    expected = valid[2, 20:24, 20:24].copy()
+    expected[0, 0] = False
+    assert frac[2, 5, 5] == pytest.approx(expected.mean())
+    # fraction 0 <=> NaN embedding
+    np.testing.assert_array_equal(frac == 0, np.isnan(vals).all(axis=-1))
+    assert not np.isnan(vals[frac > 0]).any()
+
+
+def test_last_partial_output_pixel_counts_real_pixels_only(cube):
+    emb = xsky.embed(cube, "test-tiny")
+    # rows 48, 49 are real for output row 12; rows 50, 51 are padding
+    frac = emb.valid_fraction.values[:, 12, 0]
+    np.testing.assert_allclose(frac, cube.valid.values[:, 48:50, 0:4].mean(axis=(1, 2)))
+
+
+def test_numpy_backed_and_dask_backed_input_agree(cube):
+    a = xsky.embed(cube, "test-tiny").values
+    b = xsky.embed(cube.chunk(time=1, y=16, x=16), "test-tiny").values
+    assert np.nanmax(np.abs(a - b)) <= 1e-5
+
+
+def test_dataarray_with_band_dim_and_aliases(cube):
+    renamed = cube.rename({"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"})
+    a = xsky.embed(cube, "test-tiny").values
+    b = xsky.embed(renamed, "test-tiny").values
+    np.testing.assert_array_equal(a, b)
+    da_ = cube[list(BANDS)].to_dataarray("band").assign_coords(valid=cube.valid)
+    c = da_.sky.embed("test-tiny").values
+    assert np.nanmax(np.abs(a - c)) <= 1e-6
+
+
+def test_input_without_time_gives_yx_feature(cube):
+    emb = xsky.embed(cube.isel(time=0), "test-tiny")
+    assert emb.dims == ("y", "x", "feature")
+    assert emb.valid_fraction.dims == ("y", "x")
+    full = xsky.embed(cube, "test-tiny").values[0]
+    np.testing.assert_allclose(emb.values, full, atol=1e-6)
+
+
+def test_integer_dn_input_is_scaled_to_reflectance(cube):
+    dn = cube.copy()
+    for b in BANDS:
+        dn[b] = (cube[b] * 10_000).round().astype("uint16")
+        dn[b].attrs = {}
+    a = xsky.embed(cube, "test-tiny").values
+    b = xsky.embed(dn, "test-tiny").values
+    assert np.nanmax(np.abs(a - b)) < 1e-3  # DN rounding only
+
+
+def test_accessor_is_the_plain_function(cube):
+    a = cube.sky.embed("test-tiny", batch_size=7).values
+    b = xsky.embed(cube, "test-tiny", batch_size=7).values
+    np.testing.assert_array_equal(a, b)
+    tree = xr.DataTree.from_dict({"s2": cube})
+    c = tree.sky.embed("test-tiny", batch_size=7).values
+    np.testing.assert_array_equal(a, c)
+
+
+def test_pooled_model_places_one_window_per_cell(window_mean):
+    ds = synthetic_s2_cube(40, 36, 1, bands=("B02", "B03"), seed=5)
+    emb = xsky.embed(ds.chunk(y=11, x=7), window_mean)
+    assert emb.shape == (1, 5, 5, 2)  # ceil(40/8), ceil(36/8)
+    x = ds.B02.values[0]
+    # window of cell j: [8j - 4, 8j + 12), reflect-padded
+    xp = reflect_pad(reflect_pad(x, 4, 4, 0), 4, 8, 1)
+    for j, i in [(0, 0), (2, 3), (4, 4)]:
+        ref = xp[8 * j:8 * j + 16, 8 * i:8 * i + 16].mean()
+        assert float(emb.values[0, j, i, 0]) == pytest.approx(ref, abs=1e-5)
+    other = xsky.embed(ds, window_mean).values
+    np.testing.assert_allclose(emb.values, other, atol=1e-6)
+
+
+def test_time_fusing_model_masks_invalid_dates(temporal_mean):
+    ds = synthetic_s2_cube(16, 24, 4, bands=("B02", "B03"), seed=2, valid_fraction=0.6)
+    emb = xsky.embed(ds.chunk(y=5, x=7, time=-1), temporal_mean)
+    assert emb.dims == ("y", "x", "feature")
+    vals = emb.values
+    valid = ds.valid.values
+    doy = ds.time.dt.dayofyear.values.astype(float)
+    n = valid.sum(0)
+    with np.errstate(invalid="ignore"):
+        exp_b02 = np.where(valid, ds.B02.values, 0).sum(0) / n
+        exp_doy = (valid * doy[:, None, None]).sum(0) / n
+    m = n > 0
+    np.testing.assert_allclose(vals[..., 0][m], exp_b02[m], rtol=1e-5)
+    np.testing.assert_allclose(vals[..., 2][m], exp_doy[m], rtol=1e-5)
+    assert np.isnan(vals[~m]).all()
+    np.testing.assert_allclose(emb.valid_fraction.values, valid.mean(0))
+
+
+def test_time_fusing_model_refuses_chunked_time(temporal_mean):
+    ds = synthetic_s2_cube(16, 16, 4, bands=("B02", "B03")).chunk(time=2)
+    with pytest.raises(xsky.ChunkingError, match=r"chunk\(time=-1\)"):
+        xsky.embed(ds, temporal_mean)
+
+
+def test_bfloat16_precision_stays_close(cube):
+    a = xsky.embed(cube.isel(time=[0]), "test-tiny").values
+    b = xsky.embed(cube.isel(time=[0]), "test-tiny", precision="bfloat16").values
+    assert np.nanmax(np.abs(a - b)) < 0.1 * np.nanmax(np.abs(a))
+
+
+def test_raw_shared_romania_file_matches_the_tutorial_sample(shared):
+    raw = xr.open_dataset(shared / "data/s2_ts_romania/sentinel2_cube_subset_romania_10m.nc",
+                          decode_coords="all")
+    sample = xsky.tutorial.open_dataset("romania")
+    day = sample.time.values[5]
+    a = xsky.embed(raw.sel(time=[day]), "test-tiny", edge="pad").values
+    b = xsky.embed(sample.sel(time=[day]).drop_vars("valid"), "test-tiny", edge="pad").values
+    assert np.nanmax(np.abs(a - b)) < 1e-4

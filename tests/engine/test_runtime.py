@@ -1,0 +1,95 @@
+"""Runtime: per-process model cache, weights kept out of the graph, distributed execution."""
+
+from __future__ import annotations
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+
+import xsky
+from xsky.models import wrap
+from xsky.runtime import cache
+from xsky.testing import synthetic_s2_cube
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return synthetic_s2_cube(40, 40, 2, seed=11).chunk(time=1, y=20, x=20)
+
+
+def test_model_is_built_once_per_process(cube, monkeypatch):
+    import xsky.models as xm
+
+    cache.clear_cache()
+    calls = []
+    real = xm.create_model
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(xm, "create_model", counting)
+    for _ in range(2):
+        xsky.embed(cube, "test-tiny").compute(scheduler="threads")
+    assert len(calls) == 1  # two embeds, 8 tasks: one build
+    assert cache.BUILDS == {}  # tasks found the client's instance in the cache
+
+
+def test_weights_never_travel_in_the_graph(cube):
+    class Big(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 16, 4, stride=4)
+            self.bank = torch.nn.Parameter(torch.randn(13_200_000))  # 52.8 MB
+
+        def forward(self, x):
+            return self.conv(x) + self.bank[:16].view(1, 16, 1, 1)
+
+    big = Big()
+    model = wrap(big, bands=["B02", "B03", "B04", "B08"], window=16, stride=4, feature_dim=16)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert n_bytes >= 50e6
+    emb = xsky.embed(cube, model)
+    graph = dict(emb.data.__dask_graph__())
+    assert len(cloudpickle.dumps(graph)) < 1e6
+    assert np.isfinite(emb.values).any()
+
+
+def test_unknown_model_in_another_process_gives_a_clear_error():
+    model = wrap(torch.nn.Conv2d(4, 3, 4, stride=4), bands=["B02", "B03", "B04", "B08"],
+                 window=16, stride=4, feature_dim=3)
+    ref = model.ref
+    cache.clear_cache()
+    with pytest.raises(xsky.XSkyError, match="preload"):
+        cache.get_model(ref)
+
+
+def test_device_auto_runs_on_this_machine(cube):
+    emb = xsky.embed(cube, "test-tiny", device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    from xsky.runtime.device import resolve_device
+
+    assert resolve_device("auto") == expected
+    assert np.isfinite(emb.values).any()
+
+
+@pytest.mark.timeout(300)
+def test_distributed_cluster_matches_threaded_scheduler(cube):
+    distributed = pytest.importorskip("distributed")
+    threaded = xsky.embed(cube, "test-tiny").compute(scheduler="threads").values
+    conv = torch.nn.Conv2d(4, 5, 4, stride=4)
+    wrapped = wrap(conv, bands=["B02", "B03", "B04", "B08"], window=16, stride=4,
+                   feature_dim=5)
+    threaded_w = xsky.embed(cube, wrapped).compute(scheduler="threads").values
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+        remote = xsky.embed(cube, "test-tiny").compute().values
+        # an unregistered model reaches the workers through the preload plugin
+        remote_w = xsky.embed(cube, wrapped).compute().values
+        builds = client.run(lambda: dict(__import__("xsky.runtime.cache").runtime.cache.BUILDS))
+    assert np.nanmax(np.abs(threaded - remote)) <= 1e-6
+    assert np.nanmax(np.abs(threaded_w - remote_w)) <= 1e-6
+    # each worker process built test-tiny once, however many tasks it ran
+    for per_worker in builds.values():
+        assert all(v == 1 for v in per_worker.values())
