@@ -48,12 +48,13 @@ _LAZY_FUNCS = {
     "stack": "stack",
     "location_embed": "location",
     "location_embed_points": "location",
-    "prototypes": "prototypes",
-    "classify": "prototypes",
-    "geo_context": "prototypes",
+    "prototypes": "_prototypes",
+    "classify": "_prototypes",
+    "geo_context": "_prototypes",
     "load_stac": "io.stac",
 }
-_LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io", "plot"}
+_LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io", "plot",
+                 "visualize"}
 
 
 def __getattr__(name: str) -> Any:
