@@ -56,23 +56,27 @@ class BlockTask:
                 self.plan_x, self.device, self.batch_size, self.precision)
 
 
-def _prepare(x: Any, mod: ModalityInput, torch: Any) -> tuple[Any, Any]:
-    """Split a raw block ``(T, C+1, H, W)`` into normalised values and a validity mask."""
-    vals = x[:, : mod.n_bands]
-    valid = x[:, mod.n_bands] > 0.5
+def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, Any]:
+    """Units, normalisation and fill for a batch of raw windows (on the model's device).
+
+    ``xb`` is ``(B, C, ...)`` and ``vb`` the matching ``(B, ...)`` valid flags (already
+    false where a band is not finite); invalid pixels become 0, the band mean after
+    normalisation.
+    """
     if mod.convert == "scale":
-        vals = vals * mod.scale
-    elif mod.convert == "lin2db":
-        vals = 10.0 * torch.log10(torch.where(vals > 0, vals, torch.nan))
+        xb = xb * mod.scale
+    elif mod.convert == "lin2db":  # non-positive backscatter has no dB value: invalid
+        vb = vb & (xb > 0).all(dim=1)
+        xb = 10.0 * torch.log10(torch.where(xb > 0, xb, 1.0))
     elif mod.convert == "db2lin":
-        vals = torch.pow(10.0, vals / 10.0)
-    valid = valid & torch.isfinite(vals).all(dim=1)
+        xb = torch.pow(10.0, xb / 10.0)
     if mod.mean is not None:
-        mean = torch.tensor(mod.mean, dtype=vals.dtype, device=vals.device)[:, None, None]
-        std = torch.tensor(mod.std, dtype=vals.dtype, device=vals.device)[:, None, None]
-        vals = (vals - mean) / std
-    vals = torch.where(valid[:, None], vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
-    return vals, valid
+        shape = (-1,) + (1,) * (xb.ndim - 2)
+        mean = torch.tensor(mod.mean, dtype=xb.dtype, device=xb.device).view(shape)
+        std = torch.tensor(mod.std, dtype=xb.dtype, device=xb.device).view(shape)
+        xb = (xb - mean) / std
+    xb = torch.where(vb[:, None], xb, torch.zeros((), dtype=xb.dtype, device=xb.device))
+    return xb, vb
 
 
 def _real_mask(plan: AxisPlan, block: int, start: int, length: int, g: int) -> np.ndarray:
@@ -107,22 +111,23 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
         if task.precision == "bfloat16" else contextlib.nullcontext()
     )
 
-    # per modality: windows as strided views (T, C, nwy, nwx, Wm, Wm), and validity
+    # per modality: raw windows as strided views (T, C, nwy, nwx, Wm, Wm) and valid flags;
+    # normalisation happens per batch, on the model's device
     views, valids, footprints = [], [], []
     for raw, mod in zip(blocks, task.modalities, strict=True):
         g = mod.grid_factor
         xt = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        vals, valid = _prepare(xt, mod, torch)
+        vals = xt[:, : mod.n_bands]
+        flag = (xt[:, mod.n_bands] > 0.5) & torch.isfinite(vals).all(1)
         wm, cm = py.window * g, py.core * g
         oy, ox = py.window_offset(by) * g, px.window_offset(bx) * g
-        v = vals[:, :, oy:, ox:].unfold(2, wm, cm).unfold(3, wm, cm)[:, :, :nwy, :nwx]
-        va = valid[:, oy:, ox:].unfold(1, wm, cm).unfold(2, wm, cm)[:, :nwy, :nwx]
-        views.append(v)
-        valids.append(va)
-        # validity of each output cell, counting real (unpadded) pixels only
+        views.append(vals[:, :, oy:, ox:].unfold(2, wm, cm).unfold(3, wm, cm)[:, :, :nwy, :nwx])
+        valids.append(flag[:, oy:, ox:].unfold(1, wm, cm).unfold(2, wm, cm)[:, :nwy, :nwx])
+        # validity of each output cell, counting real (unpadded), finite pixels only
         cy0, cx0 = oy + py.margin_lo * g, ox + px.margin_lo * g
         ly, lx = nwy * py.core * g, nwx * px.core * g
-        core_valid = valid[:, cy0:cy0 + ly, cx0:cx0 + lx].numpy()
+        core = (slice(None), slice(cy0, cy0 + ly), slice(cx0, cx0 + lx))
+        core_valid = flag[core].numpy()
         core_valid = core_valid & _real_mask(py, by, cy0, ly, g)[None, :, None]
         core_valid = core_valid & _real_mask(px, bx, cx0, lx, g)[None, None, :]
         sg = s * g
@@ -143,16 +148,20 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
             if task.fuses_time:
                 ky, kx = np.divmod(idx, nwx)
                 for v, va, mod in zip(views, valids, task.modalities, strict=True):
-                    xb = v[:, :, ky, kx]  # (T, C, B, W, W): adjacent advanced dims stay put
-                    inputs[mod.name] = xb.permute(2, 1, 0, 3, 4).to(device, non_blocking=True)
-                    inputs[mod.name + "_valid"] = va[:, ky, kx].permute(1, 0, 2, 3).to(device)
+                    # (T, C, B, W, W): adjacent advanced indices stay in place
+                    xb = v[:, :, ky, kx].permute(2, 1, 0, 3, 4).to(device, non_blocking=True)
+                    vb = va[:, ky, kx].permute(1, 0, 2, 3).to(device)
+                    xb, vb = _normalise(xb, vb, mod, torch)
+                    inputs[mod.name], inputs[mod.name + "_valid"] = xb, vb
                     doy = torch.as_tensor(mod.doy, dtype=torch.int64)
                     inputs[mod.name + "_doy"] = doy.expand(len(idx), -1).to(device)
             else:
                 t, rem = np.divmod(idx, nwy * nwx)
                 ky, kx = np.divmod(rem, nwx)
-                v = views[0]
-                inputs[task.modalities[0].name] = v[t, :, ky, kx].to(device, non_blocking=True)
+                mod = task.modalities[0]
+                xb = views[0][t, :, ky, kx].to(device, non_blocking=True)  # (B, C, W, W)
+                vb = valids[0][t, ky, kx].to(device)
+                inputs[mod.name] = _normalise(xb, vb, mod, torch)[0]
             with amp:
                 y = model.embed_windows(inputs)
             y = _check_output(y, len(idx), task, torch)
