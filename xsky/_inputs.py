@@ -163,7 +163,7 @@ def prepare_modality(
     arrays, in_memory = [], []
     for band in mod.bands:
         var = ds[names[band]]
-        extra = set(var.dims) - allowed
+        extra = {str(d) for d in var.dims} - allowed
         if extra:
             raise DimensionError(
                 f"band {names[band]!r} of {what} has unexpected dimension(s) {sorted(extra)}; "

@@ -241,6 +241,7 @@ def embed(
     elif not spec.fuses_time:
         data = data[0]
     fraction = _valid_fraction(cubes, spec, py, px, build_valid_fraction)
+    vf_dims: tuple[str, ...]
     if spec.fuses_time or first.time_dim is None:
         vf_dims = (ref.ydim, ref.xdim)
     else:
@@ -250,7 +251,7 @@ def embed(
     out = write_crs(out, crs)
     out.attrs.update(_provenance(net, spec, edge, overlap, mods, device, precision))
     if geo_context is not None:
-        from .prototypes import geo_context as _geo_context
+        from ._prototypes import geo_context as _geo_context
 
         out = _geo_context(out, geo_context)
     return out

@@ -38,8 +38,8 @@ def pca_rgb(emb: xr.DataArray, *, time: Any = None, n_sample: int = 20_000, seed
         raise DimensionError(f"expected a 'feature' dimension, got dims {emb.dims}")
     if "time" in emb.dims:
         if time is None:
-            counts = np.isfinite(emb.isel(feature=0)).sum(["y", "x"] if "y" in emb.dims
-                                                            else list(emb.dims[1:3])).values
+            space = [d for d in emb.dims if d not in ("time", "feature")]
+            counts = np.isfinite(emb.isel(feature=0)).sum(space).values
             emb = emb.isel(time=int(np.argmax(counts)))
         elif isinstance(time, (int, np.integer)):
             emb = emb.isel(time=int(time))

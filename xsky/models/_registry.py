@@ -100,7 +100,7 @@ def register_model(
             factory_fn: Factory = _instance_factory
         elif callable(fn):
             factory_fn = fn
-            default_spec = spec
+            default_spec = spec  # type: ignore[assignment]
         else:
             raise XSkyError(
                 f"register_model({name!r}, ...) needs a factory function or an EmbeddingModel, "

@@ -120,7 +120,7 @@ class ModelSpec:
     dtype: str = "float32"
     default_batch_size: int = 32
     required_modalities: tuple[str, ...] | None = None
-    meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+    meta: Any = field(default=(), compare=False)  # a mapping, stored as sorted items
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
