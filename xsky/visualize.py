@@ -39,7 +39,7 @@ def pca_rgb(emb: xr.DataArray, *, time: Any = None, n_sample: int = 20_000, seed
     if "time" in emb.dims:
         if time is None:
             space = [d for d in emb.dims if d not in ("time", "feature")]
-            counts = np.isfinite(emb.isel(feature=0)).sum(space).values
+            counts = emb.isel(feature=0).notnull().sum(space).values
             emb = emb.isel(time=int(np.argmax(counts)))
         elif isinstance(time, (int, np.integer)):
             emb = emb.isel(time=int(time))
