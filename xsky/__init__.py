@@ -35,7 +35,9 @@ __all__ = [
     "load_stac",
     "location_embed",
     "location_embed_points",
+    "open_prototypes",
     "prototypes",
+    "save_prototypes",
     "stack",
 ]
 
@@ -45,13 +47,15 @@ _accessor.register()
 
 _LAZY_FUNCS = {
     "embed": "api",
-    "stack": "stack",
+    "stack": "_stack",
     "location_embed": "location",
     "location_embed_points": "location",
     "prototypes": "_prototypes",
     "classify": "_prototypes",
     "geo_context": "_prototypes",
     "load_stac": "io.stac",
+    "save_prototypes": "_prototypes",
+    "open_prototypes": "_prototypes",
 }
 _LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io", "plot",
                  "visualize"}

@@ -39,9 +39,9 @@ class SkyAccessor:
 
     embed = _wrap_op("api", "embed")
     location_embed = _wrap_op("location", "location_embed")
-    prototypes = _wrap_op("prototypes", "prototypes")
-    classify = _wrap_op("prototypes", "classify")
-    geo_context = _wrap_op("prototypes", "geo_context")
+    prototypes = _wrap_op("_prototypes", "prototypes")
+    classify = _wrap_op("_prototypes", "classify")
+    geo_context = _wrap_op("_prototypes", "geo_context")
     plot = _wrap_op("plot", "prototypes")
 
 
