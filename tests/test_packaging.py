@@ -22,7 +22,7 @@ def _name(req: str) -> str:
 def _pyproject_deps() -> dict[str, str]:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(meta["dependencies"])
-    for extra, items in meta["optional-dependencies"].items():
+    for items in meta["optional-dependencies"].values():
         reqs += [r for r in items if not r.startswith("xsky[")]
     out = {}
     for r in reqs:

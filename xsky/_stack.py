@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import xarray as xr
 
@@ -136,4 +134,4 @@ def stack(
                     f"{tuple(round(b, 3) for b in hb[:4])} vs {tuple(round(b, 3) for b in rb[:4])}."
                     f" Resample HR to {rb[4] / HR_FACTOR:g} units per pixel over the S2 footprint"
                 )
-    return xr.DataTree.from_dict({k: v for k, v in nodes.items()})
+    return xr.DataTree.from_dict(dict(nodes))

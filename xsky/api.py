@@ -89,14 +89,12 @@ def _reference_grid(cubes: Mapping[str, Any], spec: Any) -> tuple[GridInfo, Any]
     return ref, cubes[ref_mod.name].crs
 
 
-def _day_of_year(time: Any, modality: str) -> tuple[int, ...]:
+def _day_of_year(time: Any, modality: str) -> tuple[int, ...] | None:
+    """Day of year (1..365) of each date; ``None`` for a modality without a time axis."""
     import pandas as pd
 
     if time is None:
-        raise DimensionError(
-            f"modality {modality!r} has no 'time' dimension, but the model encodes the date of "
-            "each observation; add a datetime 'time' dimension (ds.expand_dims(time=[...]))"
-        )
+        return None
     try:
         doy = pd.DatetimeIndex(time).day_of_year
     except (TypeError, ValueError) as err:

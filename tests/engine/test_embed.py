@@ -254,3 +254,19 @@ def test_raw_shared_romania_file_matches_the_tutorial_sample(shared):
     a = xsky.embed(raw.sel(time=[day]), "test-tiny", edge="pad").values
     b = xsky.embed(sample.sel(time=[day]).drop_vars("valid"), "test-tiny", edge="pad").values
     assert np.nanmax(np.abs(a - b)) < 1e-4
+
+
+def test_two_embeddings_computed_together_keep_distinct_graph_keys(cube):
+    import dask
+
+    other = synthetic_s2_cube(50, 45, 3, valid_fraction=0.9, seed=4)
+    ea, eb = xsky.embed(cube, "test-tiny"), xsky.embed(other, "test-tiny")
+    assert ea.data.name != eb.data.name
+    assert ea.valid_fraction.data.name != eb.valid_fraction.data.name
+    va, vb, fa, fb = dask.compute(ea.data, eb.data, ea.valid_fraction.data,
+                                  eb.valid_fraction.data)
+    np.testing.assert_array_equal(va, ea.values)
+    np.testing.assert_array_equal(vb, eb.values)
+    np.testing.assert_array_equal(fa, ea.valid_fraction.values)
+    np.testing.assert_array_equal(fb, eb.valid_fraction.values)
+    assert np.nanmax(np.abs(va - vb)) > 0.1

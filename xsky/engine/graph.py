@@ -45,12 +45,12 @@ def build_embedding(raws: Sequence[da.Array], task: BlockTask, time_chunks: Sequ
         return da.map_blocks(
             run_block, *raws, task=task, drop_axis=[0, 1], new_axis=[2],
             chunks=(py.out_chunks, px.out_chunks, feat), dtype=np.float32, meta=meta,
-            name="xsky-embed",
+            token="xsky-embed",
         )
     return da.map_blocks(
         run_block, *raws, task=task, drop_axis=[1], new_axis=[3],
         chunks=(tuple(time_chunks), py.out_chunks, px.out_chunks, feat), dtype=np.float32,
-        meta=meta, name="xsky-embed",
+        meta=meta, token="xsky-embed",
     )
 
 
@@ -77,5 +77,5 @@ def build_valid_fraction(raw: da.Array, n_bands: int, cell: int, out_chunks_y: S
     return da.map_blocks(
         _cell_fraction, raw, n_bands, cell, drop_axis=[1],
         chunks=(raw.chunks[0], tuple(out_chunks_y), tuple(out_chunks_x)), dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32), name="xsky-valid-fraction",
+        meta=np.empty((0, 0, 0), np.float32), token="xsky-valid-fraction",
     )

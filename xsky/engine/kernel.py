@@ -153,8 +153,9 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
                     vb = va[:, ky, kx].permute(1, 0, 2, 3).to(device)
                     xb, vb = _normalise(xb, vb, mod, torch)
                     inputs[mod.name], inputs[mod.name + "_valid"] = xb, vb
-                    doy = torch.as_tensor(mod.doy, dtype=torch.int64)
-                    inputs[mod.name + "_doy"] = doy.expand(len(idx), -1).to(device)
+                    if mod.doy is not None:  # None: no time axis, so no date to encode
+                        doy = torch.as_tensor(mod.doy, dtype=torch.int64)
+                        inputs[mod.name + "_doy"] = doy.expand(len(idx), -1).to(device)
             else:
                 t, rem = np.divmod(idx, nwy * nwx)
                 ky, kx = np.divmod(rem, nwx)

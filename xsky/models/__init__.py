@@ -10,7 +10,8 @@ from .._interop import require
 
 require("torch", "xsky.models")
 
-from . import _tiny  # noqa: E402,F401  (registers test-tiny)
+# Importing the model modules registers them (test-tiny, satclip-*, skysense-*).
+from . import _tiny, satclip, skysense  # noqa: E402,F401
 from ._base import EmbeddingModel, ModelRef, state_dict_sha256  # noqa: E402
 from ._checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from ._registry import create_model, get_model_spec, list_models, register_model  # noqa: E402

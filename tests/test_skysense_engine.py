@@ -1,0 +1,250 @@
+"""SkySense through the engine: multi-modal DataTrees, masking of dates, real S1+S2 data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray
+import xarray as xr
+
+import xsky
+from xsky.testing import raise_if_dask_computes, synthetic_s2_cube
+
+S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+def _s2(ny=32, nx=32, nt=3, seed=0, **kw):
+    ds = synthetic_s2_cube(ny, nx, nt, bands=S2_BANDS, seed=seed, **kw)
+    return ds
+
+
+def _s1(ny=32, nx=32, nt=2, seed=4, res=10.0):
+    ds = synthetic_s2_cube(ny, nx, nt, bands=("VV", "VH"), seed=seed, res=res)
+    for b in ("VV", "VH"):
+        ds[b] = ds[b] * 50 - 20
+        ds[b].attrs = {"units": "db"}
+    return ds
+
+
+def _hr(s2, nt=1, seed=1):
+    f = xsky._stack.HR_FACTOR
+    ny, nx = s2.sizes["y"] * f, s2.sizes["x"] * f
+    rng = np.random.default_rng(seed)
+    res = 10.0 / f
+    y = float(s2.y[0]) + 5 - res / 2 - res * np.arange(ny)
+    x = float(s2.x[0]) - 5 + res / 2 + res * np.arange(nx)
+    data = {b: (("time", "y", "x"), rng.integers(0, 255, (nt, ny, nx), dtype=np.uint8))
+            for b in ("red", "green", "blue")}
+    ds = xr.Dataset(data, coords={"time": pd.date_range("2021-05-01", periods=nt), "y": y, "x": x})
+    return ds.rio.write_crs(s2.rio.crs)
+
+
+def test_stack_aligns_s1_onto_the_s2_grid_and_keeps_time_axes():
+    s2, s1 = _s2(), _s1(16, 16, 2, res=20.0)
+    tree = xsky.stack(s2=s2, s1=s1)
+    assert set(tree.children) == {"s2", "s1"}
+    s1a = tree["s1"].to_dataset()
+    np.testing.assert_allclose(s1a.x.values, s2.x.values)
+    np.testing.assert_allclose(s1a.y.values, s2.y.values)
+    assert s1a.sizes["time"] == 2
+    assert tree["s2"].sizes["time"] == 3
+    assert s1a.valid.dtype == bool
+    # bilinear on a 2x finer grid: interior values stay within the source range
+    src = s1.VV.values
+    assert np.nanmin(s1a.VV.values) >= src.min() - 1e-4
+    assert np.nanmax(s1a.VV.values) <= src.max() + 1e-4
+
+
+def test_stack_resolves_band_aliases():
+    s2 = _s2().rename({"B02": "blue", "B8A": "nir08", "B11": "swir16"})
+    s1 = _s1().rename({"VV": "vv"})
+    tree = xsky.stack(s2=s2, s1=s1)
+    assert {"B02", "B8A", "B11"} <= set(tree["s2"].data_vars)
+    assert "VV" in tree["s1"].data_vars
+
+
+def test_stack_checks_the_hr_grid_ratio():
+    s2 = _s2(16, 16)
+    tree = xsky.stack(s2=s2, hr=_hr(s2))
+    assert tree["hr"].sizes["x"] == 16 * 32
+    bad = _hr(s2).isel(x=slice(0, 256), y=slice(0, 256)).coarsen(x=2, y=2).mean()
+    with pytest.raises(xsky.DimensionError, match=r"exactly 32x finer.*ratio of 16"):
+        xsky.stack(s2=s2, hr=bad)
+    with pytest.raises(xsky.XSkyError, match="at least one"):
+        xsky.stack()
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return xsky.stack(s2=_s2(), s1=_s1())
+
+
+def test_fused_embedding_layout_crs_and_laziness(tree):
+    lazy = xsky.stack(s2=_s2().chunk(y=16, x=16), s1=_s1().chunk(y=16, x=16))
+    with raise_if_dask_computes():
+        emb = lazy.sky.embed("skysense-tiny")
+    assert emb.dims == ("y", "x", "feature")
+    assert emb.shape == (32, 32, xsky.models.get_model_spec("skysense-tiny").feature_dim)
+    assert emb.rio.crs == tree["s2"].to_dataset().rio.crs
+    assert emb.attrs["modalities"] == "s2,s1"
+    np.testing.assert_allclose(emb.x.values, tree["s2"].x.values)
+    vals = emb.values
+    assert np.isfinite(vals).all()
+
+
+@pytest.mark.parametrize("chunks", [{"y": 7, "x": 9}, {"y": 16, "x": 5}, {"y": 32, "x": 32}])
+def test_fused_embedding_does_not_depend_on_chunking(tree, chunks):
+    base = xsky.embed(tree, "skysense-tiny").values
+    s2, s1 = tree["s2"].to_dataset(), tree["s1"].to_dataset()
+    other = xsky.stack(s2=s2.chunk(chunks), s1=s1.chunk(chunks)).sky.embed("skysense-tiny")
+    assert np.nanmax(np.abs(base - other.values)) <= 1e-5
+
+
+@pytest.mark.parametrize("mods", [("s2",), ("s1",), ("s2", "s1"), ("s2", "hr"), ("hr",)])
+def test_any_subset_of_modalities(mods):
+    s2 = _s2(16, 16, 2)
+    parts = {"s2": s2, "s1": _s1(16, 16), "hr": _hr(s2)}
+    tree = xsky.stack(**{m: parts[m] for m in mods})
+    emb = tree.sky.embed("skysense-tiny")
+    assert emb.shape[:2] == (16, 16)
+    assert emb.attrs["modalities"] == ",".join(m for m in ("s2", "s1", "hr") if m in mods)
+    assert np.isfinite(emb.values).all()
+
+
+def test_a_fully_invalid_date_is_left_out_of_the_fusion():
+    s2 = _s2(16, 16, 3)
+    masked = s2.copy(deep=True)
+    masked["valid"][1] = False  # a cloudy date
+    masked["B04"][1] = 5.0  # its values must not matter
+    a = xsky.embed(xsky.stack(s2=masked), "skysense-tiny").values
+    b = xsky.embed(xsky.stack(s2=s2.isel(time=[0, 2])), "skysense-tiny").values
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_pixels_without_any_valid_observation_are_nan_and_reported():
+    s2 = _s2(16, 16, 2)
+    s2["valid"][:, :4, :4] = False
+    emb = xsky.embed(xsky.stack(s2=s2), "skysense-tiny")
+    vals = emb.values
+    assert np.isnan(vals[:4, :4]).all()
+    assert np.isfinite(vals[4:, 4:]).all()
+    assert float(emb.valid_fraction[0, 0]) == 0.0
+    assert float(emb.valid_fraction[10, 10]) == 1.0
+
+
+def _with_random_ctpe(**kw):
+    import torch
+
+    model = xsky.models.create_model("skysense-tiny", **kw)
+    with torch.no_grad():
+        model.ctpe.copy_(torch.randn(model.ctpe.shape, generator=torch.Generator().manual_seed(0)))
+    return model.set_ref(None)
+
+
+def test_day_of_year_reaches_the_date_encoding():
+    s2 = _s2(16, 16, 2)
+    moved = s2.assign_coords(time=s2.time + np.timedelta64(40, "D"))
+    with_ctpe, without = _with_random_ctpe(), _with_random_ctpe(use_ctpe=False)
+    a = xsky.embed(xsky.stack(s2=s2), with_ctpe).values
+    b = xsky.embed(xsky.stack(s2=moved), with_ctpe).values
+    c = xsky.embed(xsky.stack(s2=moved), without).values
+    d = xsky.embed(xsky.stack(s2=s2), without).values
+    assert np.abs(a - b).max() > 1e-3  # dates change the embedding through ctpe ...
+    np.testing.assert_allclose(c, d, atol=1e-6)  # ... and only through it
+
+
+def test_leap_day_is_clamped_to_day_365():
+    s2 = _s2(16, 16, 1)
+    model = _with_random_ctpe()
+    leap = s2.assign_coords(time=[np.datetime64("2020-12-31")])  # day 366
+    last = s2.assign_coords(time=[np.datetime64("2021-12-31")])  # day 365
+    before = s2.assign_coords(time=[np.datetime64("2021-12-30")])  # day 364
+    a = xsky.embed(xsky.stack(s2=leap), model).values
+    b = xsky.embed(xsky.stack(s2=last), model).values
+    c = xsky.embed(xsky.stack(s2=before), model).values
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_s1_in_linear_units_is_converted_to_db():
+    s1 = _s1(16, 16)
+    lin = s1.copy()
+    for b in ("VV", "VH"):
+        lin[b] = 10 ** (s1[b] / 10)
+        lin[b].attrs = {"units": "linear"}
+    a = xsky.embed(xsky.stack(s1=s1), "skysense-tiny").values
+    b = xsky.embed(xsky.stack(s1=lin), "skysense-tiny").values
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_per_date_features_on_the_s2_grid(tree):
+    emb = xsky.embed(tree, "skysense-tiny", temporal="per-date")
+    assert emb.dims == ("time", "y", "x", "feature")
+    assert emb.sizes["time"] == 3
+    np.testing.assert_array_equal(emb.time.values, tree["s2"].time.values)
+    s2 = tree["s2"].to_dataset()
+    other = xsky.embed(s2.chunk(time=1, y=11, x=7), "skysense-tiny", temporal="per-date")
+    assert np.nanmax(np.abs(emb.values - other.values)) <= 1e-5
+
+
+# -- real data: SSL4EO-S12 sample 0000200, S2 L2A + S1 GRD, two dates each ---------------------
+
+def _open_band(path: Path) -> xr.DataArray:
+    return rioxarray.open_rasterio(path).squeeze("band", drop=True)
+
+
+def _load_ssl4eo(root: Path) -> tuple[xr.Dataset, xr.Dataset]:
+    s2_dates, s2_list = [], []
+    for scene in sorted((root / "s2_l2a").iterdir()):
+        ref = _open_band(scene / "B2.tif")
+        bands = {}
+        for b in S2_BANDS:
+            da = _open_band(scene / f"{b[0]}{int(b[1:]) if b[1:].isdigit() else b[1:]}.tif")
+            if da.shape != ref.shape:
+                da = da.rio.reproject_match(ref, resampling=0)  # nearest: 20 m -> 10 m
+            bands[b] = da.astype("uint16").assign_coords(x=ref.x, y=ref.y)
+        ds = xr.Dataset(bands)
+        ds["valid"] = ds["B02"] > 0
+        s2_list.append(ds)
+        s2_dates.append(pd.Timestamp(scene.name[:8]))
+    s2 = xr.concat(s2_list, dim=pd.DatetimeIndex(s2_dates, name="time"))
+    s1_dates, s1_list = [], []
+    for prod in sorted((root / "s1_grd").iterdir()):
+        vv, vh = _open_band(prod / "VV.tif"), _open_band(prod / "VH.tif")
+        ds = xr.Dataset({"VV": vv, "VH": vh})
+        for b in ("VV", "VH"):
+            ds[b].attrs = {"units": "db"}
+        s1_list.append(ds)
+        s1_dates.append(pd.Timestamp(json.loads((prod / "metadata.json").read_text())
+                                     .get("date", prod.name.split("_")[4][:8])[:10]
+                                     if False else prod.name.split("_")[4][:8]))
+    s1 = xr.concat(s1_list, dim=pd.DatetimeIndex(s1_dates, name="time"))
+    return s2.rio.write_crs(ref.rio.crs), s1.rio.write_crs(vv.rio.crs)
+
+
+@pytest.fixture(scope="module")
+def ssl4eo(shared):
+    return _load_ssl4eo(shared / "data/s1s2_ssl4eo_pair/0000200")
+
+
+def test_real_s1_s2_pair_end_to_end(ssl4eo):
+    s2, s1 = ssl4eo
+    assert s2.sizes == {"time": 2, "y": 264, "x": 264}
+    tree = xsky.stack(s2=s2, s1=s1)
+    emb = tree.sky.embed("skysense-tiny")
+    assert emb.dims == ("y", "x", "feature")
+    assert emb.shape[:2] == (264, 264)
+    assert emb.rio.crs.to_epsg() == 4326
+    np.testing.assert_allclose(emb.x.values, s2.x.values)
+    vals = emb.values
+    frac = emb.valid_fraction.values
+    np.testing.assert_array_equal(np.isnan(vals).all(-1), frac == 0)
+    assert np.isfinite(vals).mean() > 0.99
+    # chunking does not change the result on real data either
+    other = xsky.stack(s2=s2.chunk(y=100, x=77), s1=s1.chunk(y=100, x=77)).sky.embed(
+        "skysense-tiny")
+    assert np.nanmax(np.abs(vals - other.values)) <= 1e-5
