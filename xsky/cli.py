@@ -1,0 +1,254 @@
+"""The ``xsky`` command line: thin commands over the Python API.
+
+``xsky embed``
+    STAC items (a JSON/GeoJSON file: an Item or a FeatureCollection, e.g. a saved search) or
+    an embedded sample, cropped to a bbox and a time range, embedded with a registered model
+    and written to a Zarr store, with a progress bar.
+``xsky models``
+    List the model registry.
+
+Examples
+--------
+::
+
+    xsky models
+    xsky models "satclip-*" -v
+    xsky embed --sample romania --model test-tiny --out out/romania.zarr --preview out/romania.png
+    xsky embed --items search.geojson --bbox 22.145 45.200 22.158 45.209 \\
+        --time 2018-01-01/2018-03-31 --model test-tiny --out out/emb.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from .exceptions import XSkyError
+
+__all__ = ["main"]
+
+
+def _bbox(values: Sequence[str]) -> tuple[float, float, float, float]:
+    parts = [p for v in values for p in v.replace(",", " ").split()]
+    if len(parts) != 4:
+        raise XSkyError(
+            f"--bbox needs 4 numbers (min lon, min lat, max lon, max lat), got {len(parts)}: "
+            f"{' '.join(values)!r}"
+        )
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except ValueError as err:
+        raise XSkyError(f"--bbox values must be numbers, got {' '.join(values)!r}") from err
+    return x0, y0, x1, y1
+
+
+def _chunks(text: str | None) -> dict[str, int] | None:
+    """``"512"`` or ``"x=512,y=512,time=1"``."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            n = int(text)
+            return {"y": n, "x": n}
+        out = {}
+        for part in text.split(","):
+            k, v = part.split("=")
+            out[k.strip()] = int(v)
+        return out
+    except ValueError as err:
+        raise XSkyError(f"--chunks must be an int or 'x=512,y=512,time=1', got {text!r}") from err
+
+
+def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: str | None) -> Any:
+    """Crop an in-memory cube by a lon/lat bbox and a ``start/end`` time range."""
+    import numpy as np
+
+    from ._geo import get_crs, spatial_dims
+    from .io.stac import _coerce_bbox, _coerce_time
+
+    if time is not None:
+        rng = _coerce_time(time)
+        assert rng is not None
+        t0, t1 = rng
+        tv = ds["time"].values.astype("datetime64[ns]")
+        keep = (tv >= np.datetime64(t0.tz_localize(None))) & (tv <= np.datetime64(t1.tz_localize(None)))
+        if not keep.any():
+            raise XSkyError(
+                f"no date of the sample falls in --time {time!r}; it spans "
+                f"{str(tv.min())[:10]} .. {str(tv.max())[:10]}"
+            )
+        ds = ds.isel(time=np.flatnonzero(keep))
+    if bbox is not None:
+        from pyproj import Transformer
+
+        x0, y0, x1, y1 = _coerce_bbox(bbox)  # type: ignore[misc]
+        tr = Transformer.from_crs("EPSG:4326", get_crs(ds), always_xy=True)
+        left, bottom, right, top = tr.transform_bounds(x0, y0, x1, y1, densify_pts=21)
+        ydim, xdim = spatial_dims(ds)
+        xs, ys = ds[xdim].values, ds[ydim].values
+        ix = np.flatnonzero((xs >= left) & (xs <= right))
+        iy = np.flatnonzero((ys >= bottom) & (ys <= top))
+        if ix.size == 0 or iy.size == 0:
+            raise XSkyError(
+                f"--bbox {bbox} does not overlap the sample (it covers x {xs.min():.0f}..{xs.max():.0f}, "
+                f"y {ys.min():.0f}..{ys.max():.0f} in its CRS); give lon/lat degrees"
+            )
+        ds = ds.isel({xdim: slice(ix[0], ix[-1] + 1), ydim: slice(iy[0], iy[-1] + 1)})
+    return ds
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .models import get_model_spec
+
+    spec = get_model_spec(args.model)
+    bbox = _bbox(args.bbox) if args.bbox else None
+    if args.sample:
+        from . import tutorial
+
+        ds = tutorial.open_dataset(args.sample, snow=args.snow)
+        ds = _crop_sample(ds, bbox, args.time)
+        return ds.chunk(_chunks(args.chunks) or {"time": 1})
+    from .io.stac import load_stac
+
+    modality = args.modality or spec.modality_names[0]
+    if modality not in spec.modality_names:
+        raise XSkyError(
+            f"model {args.model!r} takes modalities {list(spec.modality_names)}, not "
+            f"--modality {modality!r}"
+        )
+    bands = args.bands.split(",") if args.bands else list(spec.modality(modality).bands)
+    return load_stac(
+        args.items,
+        modality=cast(Any, modality),
+        bands=bands,
+        bbox=bbox,
+        time=args.time,
+        crs=args.crs,
+        resolution=args.resolution,
+        chunks=_chunks(args.chunks),
+        snow=args.snow,
+    )
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import dask
+
+    from .api import embed
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise XSkyError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    cube = _load(args)
+    emb = embed(
+        cube,
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        edge=args.edge,
+    )
+    ds = emb.to_dataset()
+    print(
+        f"xsky: embedding {dict(cube.sizes)} with {args.model!r} -> {dict(emb.sizes)} "
+        f"into {out}",
+        file=sys.stderr,
+    )
+    delayed = ds.to_zarr(out, mode="w", compute=False, consolidated=False)
+    if args.progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr):
+            dask.compute(delayed)
+    else:
+        dask.compute(delayed)
+    if args.preview:
+        import xarray as xr
+
+        from .visualize import save_preview
+
+        with xr.open_zarr(out, consolidated=False, decode_coords="all") as stored:
+            save_preview(stored["embedding"], args.preview)
+        print(f"xsky: preview written to {args.preview}", file=sys.stderr)
+    print(str(out))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import get_model_spec, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise XSkyError(f"no registered model matches {args.pattern!r}; try `xsky models`")
+    for name in names:
+        if not args.verbose:
+            print(name)
+            continue
+        s = get_model_spec(name)
+        mods = "; ".join(f"{m.name}: {','.join(m.bands)}" for m in s.modalities)
+        time = "fuses time" if s.fuses_time else "per date"
+        print(f"{name}\twindow {s.window}, stride {s.stride}, {s.feature_dim} features "
+              f"({s.output}, {time})\t{mods}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xsky`` argument parser."""
+    from ._version import __version__
+
+    p = argparse.ArgumentParser(prog="xsky", description="Foundation-model embeddings for "
+                                "xarray/Dask datacubes.")
+    p.add_argument("--version", action="version", version=f"xsky {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("embed", help="embed STAC items or a sample cube into a Zarr store",
+                       description="Load a cube (STAC items or a sample), embed it with a "
+                       "registered model and write the embedding to Zarr.")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--items", metavar="FILE",
+                     help="STAC Item or FeatureCollection JSON/GeoJSON (e.g. a saved search)")
+    src.add_argument("--sample", metavar="NAME", help="an embedded sample cube, e.g. 'romania'")
+    e.add_argument("--model", required=True, help="registered model name (see `xsky models`)")
+    e.add_argument("--out", required=True, metavar="STORE", help="output Zarr store")
+    e.add_argument("--bbox", nargs="+", metavar="DEG",
+                   help="min lon, min lat, max lon, max lat (degrees; spaces or commas)")
+    e.add_argument("--time", metavar="START/END", help="time range, e.g. 2020-01-01/2020-06-30")
+    e.add_argument("--modality", choices=("s2", "s1", "hr"),
+                   help="modality of the items (default: the model's first)")
+    e.add_argument("--bands", help="comma-separated bands (default: the model's)")
+    e.add_argument("--crs", help="output CRS (default: the items')")
+    e.add_argument("--resolution", type=float, help="output pixel size in CRS units")
+    e.add_argument("--chunks", help="dask chunks: '512' or 'x=512,y=512,time=1'")
+    e.add_argument("--snow", action="store_true", help="keep snow/ice pixels as valid")
+    e.add_argument("--weights", metavar="PATH", help="local weights file for the model")
+    e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    e.add_argument("--batch-size", type=int, help="windows per forward pass")
+    e.add_argument("--edge", default="reflect", choices=("reflect", "pad"))
+    e.add_argument("--preview", metavar="PNG", help="also write a PCA false-colour PNG")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    e.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    e.set_defaults(func=_embed)
+
+    m = sub.add_parser("models", help="list registered models")
+    m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'skysense-*'")
+    m.add_argument("-v", "--verbose", action="store_true", help="bands, window, stride, features")
+    m.set_defaults(func=_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xsky`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except XSkyError as err:
+        print(f"xsky {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
