@@ -86,6 +86,9 @@ def save_preview(emb: xr.DataArray, path: str | os.PathLike[str], **kwargs: Any)
 
     rgb = pca_rgb(emb, **kwargs)
     img = np.nan_to_num(rgb.values, nan=0.0)
+    # enlarge small embeddings (nearest neighbour) so the preview is at least ~512 px wide
+    zoom = max(1, 512 // max(img.shape[:2]))
+    img = img.repeat(zoom, axis=0).repeat(zoom, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     plt.imsave(path, img)
     return str(path)
