@@ -248,3 +248,37 @@ def test_real_s1_s2_pair_end_to_end(ssl4eo):
     other = xsky.stack(s2=s2.chunk(y=100, x=77), s1=s1.chunk(y=100, x=77)).sky.embed(
         "skysense-tiny")
     assert np.nanmax(np.abs(vals - other.values)) <= 1e-5
+
+
+def test_official_weights_through_the_engine_match_a_direct_forward(shared):
+    """``embed(tree, "skysense-huge", weights=dir)``: sizes come from the config beside the
+    weights; the engine's normalisation, layout and dates reproduce ``model(s2=, s1=)``."""
+    import torch
+
+    from xsky.models.skysense import S1_BANDS, S2_BANDS, SkySense
+
+    folder = shared / "conformance/skysense"
+    rng = np.random.default_rng(0)
+    norm2 = rng.standard_normal((1, 10, 3, 16, 16)).astype("float32")
+    norm1 = rng.standard_normal((1, 2, 2, 16, 16)).astype("float32")
+    s2 = _s2(16, 16, 3)
+    s1 = _s1(16, 16, 2)
+    spec = xsky.models.create_model("skysense-tiny").spec
+    m2, m1 = spec.modality("s2"), spec.modality("s1")
+    for i, b in enumerate(S2_BANDS):
+        s2[b] = (("time", "y", "x"), norm2[0, i] * m2.std[i] + m2.mean[i], {"units": "dn"})
+    for i, b in enumerate(S1_BANDS):
+        s1[b] = (("time", "y", "x"), norm1[0, i] * m1.std[i] + m1.mean[i], {"units": "db"})
+    s2["valid"][:] = True
+    s1["valid"][:] = True
+    emb = xsky.stack(s2=s2, s1=s1).sky.embed("skysense-huge", weights=folder,
+                                             hyperparameters="beside").values
+
+    model = SkySense.from_official(folder).eval()
+    doy2 = torch.tensor([s2.time.dt.dayofyear.values])
+    doy1 = torch.tensor([s1.time.dt.dayofyear.values])
+    with torch.no_grad():
+        ref = model(s2=torch.from_numpy(norm2), s1=torch.from_numpy(norm1), s2_doy=doy2,
+                    s1_doy=doy1)[0].permute(1, 2, 0).numpy()
+    assert emb.shape == ref.shape
+    np.testing.assert_allclose(emb, ref, atol=2e-4, rtol=1e-4)

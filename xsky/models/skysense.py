@@ -1142,18 +1142,32 @@ def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
 # Registry
 # --------------------------------------------------------------------------------------
 _OVERRIDES = ("window", "temporal", "modality", "modalities", "use_ctpe", "strict",
-              "batch_size", "trust")
+              "batch_size", "trust", "hyperparameters")
 
 
 def _factory(preset: str) -> Any:
     def create(weights: str | None = None, *, window: int = 16, temporal: str = "fused",
                modality: str | None = None, modalities: Sequence[str] = MODALITIES,
                use_ctpe: bool = True, strict: bool = True, batch_size: int | None = None,
-               trust: bool = False, **unknown: Any) -> EmbeddingModel:
+               trust: bool = False, hyperparameters: Any = None, **unknown: Any
+               ) -> EmbeddingModel:
         if unknown:
             raise XSkyError(f"{preset} takes no option(s) {format_choices(unknown)}; valid "
                             f"options: {format_choices(_OVERRIDES)}")
-        cfg = SkySenseConfig.preset(preset)
+        # sizes: the preset, or the official hyperparameters (a mapping, a config.json path,
+        # or "beside" for the config.json next to the weights)
+        if hyperparameters is None:
+            cfg = SkySenseConfig.preset(preset)
+        else:
+            if hyperparameters == "beside":
+                if weights is None:
+                    raise XSkyError("hyperparameters='beside' needs weights= (a folder or file "
+                                    "with a config.json beside it)")
+                hyperparameters = _config_beside(weights)
+            elif isinstance(hyperparameters, (str, os.PathLike)) and \
+                    Path(hyperparameters).is_file():
+                hyperparameters = json.loads(Path(hyperparameters).read_text())
+            cfg = _coerce_config(hyperparameters)
         model: SkySense | SkySensePerDate
         if temporal == "fused":
             if modality is not None:
@@ -1171,7 +1185,9 @@ def _factory(preset: str) -> Any:
 
     create.__name__ = f"create_{preset.replace('-', '_')}"
     create.__doc__ = (f"SkySense preset {preset!r}; options: window, temporal ('fused' | "
-                      "'per-date'), modality, modalities, use_ctpe, strict, batch_size, trust.")
+                      "'per-date'), modality, modalities, use_ctpe, strict, batch_size, trust, "
+                      "hyperparameters (official config: mapping, config.json path or "
+                      "'beside' the weights).")
     return create
 
 
