@@ -93,3 +93,13 @@ def test_distributed_cluster_matches_threaded_scheduler(cube):
     # each worker process built test-tiny once, however many tasks it ran
     for per_worker in builds.values():
         assert all(v == 1 for v in per_worker.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_bfloat16_stays_close(cube):
+    cpu = xsky.embed(cube, "test-tiny", device="cpu").values
+    gpu = xsky.embed(cube, "test-tiny", device="cuda").values
+    assert np.nanmax(np.abs(cpu - gpu)) <= 1e-4
+    bf16 = xsky.embed(cube, "test-tiny", device="cuda", precision="bfloat16").values
+    assert np.nanmax(np.abs(cpu - bf16)) <= 0.1 * np.nanmax(np.abs(cpu))
