@@ -275,8 +275,8 @@ def test_official_weights_through_the_engine_match_a_direct_forward(shared):
                                              hyperparameters="beside").values
 
     model = SkySense.from_official(folder).eval()
-    doy2 = torch.tensor([s2.time.dt.dayofyear.values])
-    doy1 = torch.tensor([s1.time.dt.dayofyear.values])
+    doy2 = torch.from_numpy(s2.time.dt.dayofyear.values[None].astype("int64"))
+    doy1 = torch.from_numpy(s1.time.dt.dayofyear.values[None].astype("int64"))
     with torch.no_grad():
         ref = model(s2=torch.from_numpy(norm2), s1=torch.from_numpy(norm1), s2_doy=doy2,
                     s1_doy=doy1)[0].permute(1, 2, 0).numpy()
