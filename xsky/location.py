@@ -1,0 +1,597 @@
+"""SatCLIP location embeddings of datacubes and point tables.
+
+:func:`location_embed` gives every pixel (or every ``stride`` x ``stride`` cell) of a cube the
+location embedding of its centre, with longitude/latitude taken from the cube's own CRS. The
+result is lazy and chunk-aligned with the input. The dask graph carries a small
+:class:`EncoderRef` (checkpoint path + digest), never the weights: each process loads the
+encoder once into a module-level cache.
+
+:func:`location_embed_points` embeds tables of points (arrays or a pandas DataFrame).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from ._geo import get_crs, grid_info, spatial_dims, write_crs
+from ._version import __version__
+from .exceptions import ChunkingError, DimensionError, XSkyError, format_choices
+
+if TYPE_CHECKING:
+    from .models.satclip import LocationEncoder
+
+__all__ = ["EncoderRef", "location_embed", "location_embed_points", "resolve_location_encoder"]
+
+_DEFAULT_CHUNK = 1024  # output pixels per side when the input is not chunked
+_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+# --------------------------------------------------------------------------------------
+# Encoder references and the per-process cache
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    """A picklable recipe for a location encoder: what a dask task carries instead of weights.
+
+    Attributes
+    ----------
+    key
+        Digest of the encoder's weights (the cache key).
+    path
+        Checkpoint to load it from in a process that has not cached it, or ``None`` for an
+        in-memory encoder that exists only where it was registered.
+    trust
+        Whether that checkpoint may be fully unpickled.
+    name
+        Model name recorded in the output's attrs.
+    legendre_polys, embed_dim
+        Sizes (for shapes, without loading).
+    file_sha256
+        Digest of the checkpoint file, if any.
+    """
+
+    key: str
+    path: str | None
+    trust: bool
+    name: str
+    legendre_polys: int
+    embed_dim: int
+    file_sha256: str | None = None
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("xsky.EncoderRef", self.key, self.path, self.trust)
+
+
+_ENCODERS: dict[str, LocationEncoder] = {}
+_FILES: dict[tuple[str, int, int, bool], tuple[LocationEncoder, str]] = {}
+_LOCK = threading.RLock()
+#: How often each encoder key was loaded from disk in this process (tests check "once").
+LOADS: dict[str, int] = {}
+
+
+def _register(enc: LocationEncoder, *, snapshot: bool = False) -> str:
+    """Cache ``enc`` under the digest of its weights (a private copy if ``snapshot``).
+
+    A user's encoder is copied so that later in-place edits cannot change what a graph
+    built now computes.
+    """
+    import hashlib
+
+    from .models._base import state_dict_sha256
+
+    # the features' convention is not in the state dict, so it goes into the key
+    key = hashlib.sha256(f"{state_dict_sha256(enc)}:{enc.posenc.harmonics_calculation}"
+                         .encode()).hexdigest()
+    with _LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = copy.deepcopy(enc) if snapshot else enc
+    return key
+
+
+def _load_file(path: str, trust: bool) -> tuple[LocationEncoder, str]:
+    """Encoder and weights digest of a checkpoint, read once per (file version, trust)."""
+    from .models.satclip import LocationEncoder
+
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        from .exceptions import CheckpointError
+
+        raise CheckpointError(
+            f"location-encoder checkpoint {str(p)!r} does not exist; pass the path of a local "
+            "SatCLIP .ckpt (xsky.models.satclip.download_checkpoint fetches one)"
+        ) from None
+    fkey = (str(p), st.st_size, st.st_mtime_ns, bool(trust))
+    with _LOCK:
+        hit = _FILES.get(fkey)
+        if hit is None:
+            enc = LocationEncoder.from_checkpoint(p, trust=trust)
+            key = _register(enc)
+            LOADS[key] = LOADS.get(key, 0) + 1
+            hit = _FILES[fkey] = (_ENCODERS[key], key)
+        return hit
+
+
+def _get_encoder(ref: EncoderRef) -> LocationEncoder:
+    """The encoder for ``ref`` in this process, loaded at most once."""
+    enc = _ENCODERS.get(ref.key)
+    if enc is not None:
+        return enc
+    if ref.path is None:
+        raise XSkyError(
+            f"location encoder {ref.name!r} (weights {ref.key[:12]}) exists only in the process "
+            "that created it; save it with torch.save and pass the checkpoint path, or load it "
+            "with LocationEncoder.from_checkpoint(path) so workers can read the file"
+        )
+    enc, key = _load_file(ref.path, ref.trust)
+    if key != ref.key:
+        raise XSkyError(
+            f"checkpoint {ref.path!r} holds different weights in this process ({key[:12]}) "
+            f"than where the graph was built ({ref.key[:12]}); the file changed or differs "
+            "between machines"
+        )
+    return enc
+
+
+def resolve_location_encoder(
+    model: Any, *, weights: Any = None, trust: bool = False
+) -> tuple[EncoderRef, LocationEncoder]:
+    """Turn what a user passes as a location model into a cached encoder and its reference.
+
+    Parameters
+    ----------
+    model
+        A :class:`~xsky.models.satclip.LocationEncoder`; a path to a SatCLIP ``.ckpt``; a
+        registered ``satclip-*`` name (with ``weights=``); or a SatCLIP image model built
+        with weights (its checkpoint holds the location encoder too).
+    weights
+        Checkpoint path when ``model`` is a model name.
+    trust
+        Allow full unpickling of a checkpoint that needs it (only for trusted files).
+    """
+    from .models.satclip import SATCLIP_MODELS, LocationEncoder, SatCLIPImageEncoder
+
+    name: str | None = None
+    if isinstance(model, SatCLIPImageEncoder):
+        if model.checkpoint_path is None:
+            raise XSkyError(
+                f"{model.spec.name} was built without weights, so it has no location encoder; "
+                f"create it with create_model({model.spec.name!r}, weights=<.ckpt>)"
+            )
+        name, model = model.spec.name, model.checkpoint_path
+    if isinstance(model, str) and model in SATCLIP_MODELS:
+        if weights is None:
+            raise XSkyError(
+                f"location embeddings with {model!r} need its checkpoint: pass weights=<path to "
+                f"{model}.ckpt> (xsky.models.satclip.download_checkpoint({model!r}) fetches it "
+                "once and caches it)"
+            )
+        name, model = model, weights
+    elif weights is not None:
+        raise XSkyError(
+            "weights= is only used with a satclip-* model name; pass the checkpoint path (or a "
+            "LocationEncoder) as the model instead"
+        )
+    if isinstance(model, LocationEncoder):
+        enc = model
+        if enc.training:
+            raise XSkyError(
+                "the LocationEncoder is in training mode, where dropout makes outputs random; "
+                "call encoder.eval() first"
+            )
+        key = _register(enc, snapshot=True)
+        path = enc.source_path if enc.unchanged_since_load else None
+        ref = EncoderRef(key, path, trust, name or f"satclip-location-l{enc.legendre_polys}",
+                         enc.legendre_polys, enc.embed_dim,
+                         enc.source_sha256 if path else None)
+        return ref, enc
+    if isinstance(model, str | os.PathLike):
+        p = Path(model).expanduser()
+        if not p.is_file():
+            raise XSkyError(
+                f"location model {str(model)!r} is neither a file nor a SatCLIP model name; pass "
+                f"a .ckpt path, a LocationEncoder, or one of {format_choices(SATCLIP_MODELS)} "
+                "with weights="
+            )
+        enc, key = _load_file(str(p), trust)
+        if name is not None and f"-l{enc.legendre_polys}" not in name:
+            raise XSkyError(
+                f"{str(p)!r} holds an L={enc.legendre_polys} location encoder but the model "
+                f"name {name!r} says otherwise; use the matching satclip-*-l"
+                f"{enc.legendre_polys} name"
+            )
+        ref = EncoderRef(key, str(p.resolve()), trust,
+                         name or f"satclip-location-l{enc.legendre_polys}",
+                         enc.legendre_polys, enc.embed_dim, enc.source_sha256)
+        return ref, enc
+    raise XSkyError(
+        f"cannot use a {type(model).__name__} as a location model; pass a LocationEncoder, a "
+        f"SatCLIP .ckpt path, or one of {format_choices(SATCLIP_MODELS)} with weights="
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Datacubes
+# --------------------------------------------------------------------------------------
+
+
+def _coerce_stride(stride: Any) -> int:
+    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
+        raise XSkyError(f"stride must be a positive integer number of pixels, got {stride!r}")
+    return int(stride)
+
+
+def _coerce_dtype(dtype: Any) -> np.dtype:
+    key = np.dtype(dtype).name if dtype is not None else "float64"
+    if key not in _DTYPES:
+        raise XSkyError(f"dtype must be one of {format_choices(_DTYPES)}, got {dtype!r}")
+    return np.dtype(_DTYPES[key])
+
+
+def _input_chunks(obj: Any, dim: str) -> tuple[int, ...] | None:
+    chunks = obj.chunksizes if isinstance(obj, xr.Dataset | xr.DataArray) else {}
+    got = chunks.get(dim) if chunks else None
+    return tuple(int(c) for c in got) if got else None
+
+
+def _output_chunks(n_in: int, in_chunks: tuple[int, ...] | None, stride: int,
+                   default: int) -> tuple[int, ...]:
+    """Output chunks whose cells start inside the matching input chunk."""
+    n_out = -(-n_in // stride)
+    if in_chunks is None:
+        size = max(1, default)
+        return tuple(min(size, n_out - s) for s in range(0, n_out, size))
+    bounds = np.concatenate([[0], np.cumsum(in_chunks)])
+    cuts = np.unique(-(-bounds // stride))  # first output cell starting at or after each bound
+    cuts[-1] = n_out
+    return tuple(int(c) for c in np.diff(cuts) if c > 0)
+
+
+def _coerce_chunks(chunks: Any, ydim: str, xdim: str) -> tuple[int | None, int | None]:
+    if chunks is None:
+        return None, None
+    if isinstance(chunks, int | np.integer) and not isinstance(chunks, bool):
+        return int(chunks), int(chunks)
+    if isinstance(chunks, Mapping):
+        unknown = set(chunks) - {ydim, xdim}
+        if unknown:
+            raise ChunkingError(
+                f"chunks has dims {sorted(unknown)} but the output's spatial dims are "
+                f"{ydim!r} and {xdim!r}"
+            )
+        return chunks.get(ydim), chunks.get(xdim)
+    raise ChunkingError(
+        f"chunks must be an int or a dict {{{ydim!r}: n, {xdim!r}: n}} of output pixels, got "
+        f"{chunks!r}"
+    )
+
+
+def _as_spatial(obj: Any) -> xr.DataArray | xr.Dataset:
+    if isinstance(obj, xr.DataArray | xr.Dataset):
+        return obj
+    if isinstance(obj, xr.DataTree):
+        for node in obj.subtree:
+            ds = node.to_dataset(inherit=True)
+            try:
+                spatial_dims(ds)
+            except DimensionError:
+                continue
+            return ds
+        raise DimensionError(
+            "no node of the DataTree has spatial dims 'y' and 'x'; pass the node to embed, "
+            "e.g. tree['s2']"
+        )
+    raise XSkyError(
+        f"location_embed needs an xarray DataArray, Dataset or DataTree, got "
+        f"{type(obj).__name__}"
+    )
+
+
+@lru_cache(maxsize=32)
+def _transformer_for(crs_wkt: str, thread_id: int) -> Any:
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_wkt(crs_wkt)
+    geo = crs.geodetic_crs or CRS.from_epsg(4326)
+    return Transformer.from_crs(crs, geo, always_xy=True)
+
+
+def _lonlat(x: np.ndarray, y: np.ndarray, crs_wkt: str) -> tuple[np.ndarray, np.ndarray]:
+    # pyproj transformers are not shared across threads: one per (CRS, thread)
+    tr = _transformer_for(crs_wkt, threading.get_ident())
+    xx, yy = np.meshgrid(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    lon, lat = tr.transform(xx, yy)
+    return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+
+
+def _embed_block(y: np.ndarray, x: np.ndarray, *, ref: EncoderRef, crs_wkt: str,
+                 out_dtype: np.dtype) -> np.ndarray:
+    """One output block: lon/lat of the cell centres, then the encoder (runs inside a task)."""
+    enc = _get_encoder(ref)
+    lon, lat = _lonlat(x, y, crs_wkt)
+    out = np.empty((lon.size, ref.embed_dim), dtype=np.float64)
+    enc.encode(lon.ravel(), lat.ravel(), out=out)
+    bad = ~(np.isfinite(lon) & np.isfinite(lat)).ravel()
+    if bad.any():  # outside the projection's domain
+        out[bad] = np.nan
+    return out.reshape(y.size, x.size, ref.embed_dim).astype(out_dtype, copy=False)
+
+
+def location_embed(
+    obj: Any,
+    model_or_ckpt: Any,
+    *,
+    stride: int = 1,
+    weights: Any = None,
+    dtype: Any = "float64",
+    chunks: Any = None,
+    trust: bool = False,
+    name: str = "location_embedding",
+) -> xr.DataArray:
+    """SatCLIP location embeddings of every pixel (or ``stride`` cell) of a datacube.
+
+    Longitude and latitude of each output cell centre come from the cube's x/y coordinates
+    and CRS; the location encoder maps them to ``embed_dim`` features. Nothing is computed
+    here: the result is a lazy dask array chunked like the input (divided by ``stride``).
+
+    Parameters
+    ----------
+    obj
+        DataArray, Dataset (or DataTree) with regular ``y``/``x`` coordinates and a CRS
+        (``obj.rio.crs``); only coordinates are read, never pixel values.
+    model_or_ckpt
+        A :class:`~xsky.models.satclip.LocationEncoder`, a path to a SatCLIP ``.ckpt``, a
+        SatCLIP image model created with weights, or a ``satclip-*`` name with ``weights=``.
+    stride
+        Output cell size in input pixels; each cell gets the embedding of its centre.
+    weights
+        Checkpoint path when ``model_or_ckpt`` is a model name.
+    dtype
+        ``"float64"`` (default, the official precision) or ``"float32"``.
+    chunks
+        Output chunk size in output pixels (int or ``{"y": n, "x": n}``). By default the
+        input's spatial chunks divided by ``stride`` (1024 for an unchunked input).
+    trust
+        Allow full unpickling of a checkpoint that needs it (only for files you trust).
+    name
+        Name of the result.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x, feature)``, lazy, pixel-centre coordinates at the stride, the input's CRS
+        (``result.rio.crs``), attrs: model, legendre_polys, weights_sha256, xsky_version,
+        stride.
+
+    Raises
+    ------
+    DimensionError
+        ``obj`` has no regular ``y``/``x`` coordinates.
+    CRSError
+        ``obj`` has no CRS (set one with ``obj.rio.write_crs(...)``).
+
+    Examples
+    --------
+    >>> import numpy as np, rioxarray, xarray as xr
+    >>> from xsky.models.satclip import LocationEncoder
+    >>> enc = LocationEncoder(legendre_polys=10, capacity=16, embed_dim=8).eval()
+    >>> cube = xr.DataArray(np.zeros((4, 6)), dims=("y", "x"),
+    ...                     coords={"y": 5e6 - 10 * np.arange(4), "x": 4e5 + 10 * np.arange(6)})
+    >>> emb = location_embed(cube.rio.write_crs("EPSG:32633"), enc, stride=2)
+    >>> emb.dims, emb.shape, emb.rio.crs.to_epsg()
+    (('y', 'x', 'feature'), (2, 3, 8), 32633)
+
+    With an official checkpoint: ``cube.sky.location_embed("satclip-resnet50-l40.ckpt")``.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    obj = _as_spatial(obj)
+    stride = _coerce_stride(stride)
+    out_dtype = _coerce_dtype(dtype)
+    grid = grid_info(obj)
+    crs = get_crs(obj)
+    ref, _ = resolve_location_encoder(model_or_ckpt, weights=weights, trust=trust)
+
+    cy, cx = _coerce_chunks(chunks, grid.ydim, grid.xdim)
+    ych = _output_chunks(grid.ny, None if cy else _input_chunks(obj, grid.ydim), stride,
+                         cy or _DEFAULT_CHUNK)
+    xch = _output_chunks(grid.nx, None if cx else _input_chunks(obj, grid.xdim), stride,
+                         cx or _DEFAULT_CHUNK)
+    ny, nx = sum(ych), sum(xch)
+    ycoord = grid.y_coords(0, stride, ny)
+    xcoord = grid.x_coords(0, stride, nx)
+    crs_wkt = crs.to_wkt()
+    yd = da.from_array(ycoord, chunks=(ych,), name=f"loc-y-{tokenize(ycoord, ych)}")
+    xd = da.from_array(xcoord, chunks=(xch,), name=f"loc-x-{tokenize(xcoord, xch)}")
+    token = tokenize(ref, crs_wkt, ycoord, xcoord, ych, xch, out_dtype.str)
+    data = da.blockwise(
+        _embed_block, "yxf", yd, "y", xd, "x",
+        new_axes={"f": ref.embed_dim},
+        dtype=out_dtype,
+        meta=np.empty((0, 0, 0), dtype=out_dtype),
+        name=f"location-embed-{token}",
+        ref=ref, crs_wkt=crs_wkt, out_dtype=out_dtype,
+    )
+    out = xr.DataArray(
+        data,
+        dims=(grid.ydim, grid.xdim, "feature"),
+        coords={grid.ydim: ycoord, grid.xdim: xcoord,
+                "feature": np.arange(ref.embed_dim)},
+        name=name,
+    )
+    out = write_crs(out, crs)
+    out.attrs.update({
+        "model": ref.name,
+        "kind": "location",
+        "legendre_polys": ref.legendre_polys,
+        "weights_sha256": ref.file_sha256 or ref.key,
+        "xsky_version": __version__,
+        "stride": stride,
+        "coordinates": "embedding of each cell centre's (lon, lat) in the cube CRS's "
+                       "geographic CRS",
+    })
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Point tables
+# --------------------------------------------------------------------------------------
+
+_LON_NAMES = ("lon", "longitude", "lng", "long")
+_LAT_NAMES = ("lat", "latitude")
+
+
+def _is_model_like(value: Any) -> bool:
+    if isinstance(value, str | os.PathLike):
+        return True
+    try:
+        import torch
+
+        return isinstance(value, torch.nn.Module)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _frame_columns(df: Any) -> tuple[Any, Any]:
+    lower = {str(c).lower(): c for c in df.columns}
+    lon = next((lower[n] for n in _LON_NAMES if n in lower), None)
+    lat = next((lower[n] for n in _LAT_NAMES if n in lower), None)
+    if lon is None and lat is None and "x" in lower and "y" in lower:
+        lon, lat = lower["x"], lower["y"]
+    if lon is None or lat is None:
+        raise DimensionError(
+            f"cannot find longitude/latitude columns in {list(df.columns)}; name them "
+            "'lon'/'lat' (or 'longitude'/'latitude', or 'x'/'y' in degrees), or pass "
+            "location_embed_points(df['my_lon'], df['my_lat'], model)"
+        )
+    return lon, lat
+
+
+def location_embed_points(
+    lon: Any,
+    lat: Any = None,
+    model: Any = None,
+    *,
+    weights: Any = None,
+    dtype: Any = "float64",
+    batch_size: int | None = None,
+    trust: bool = False,
+    prefix: str = "loc_emb_",
+) -> Any:
+    """SatCLIP location embeddings of points given in degrees.
+
+    Parameters
+    ----------
+    lon
+        Longitudes (array-like or pandas Series), or a pandas DataFrame with lon/lat columns
+        (``lon``/``lat``, ``longitude``/``latitude``, or ``x``/``y``), in which case the
+        model may be passed second: ``location_embed_points(df, model)``.
+    lat
+        Latitudes in [-90, 90], same length as ``lon``.
+    model
+        A :class:`~xsky.models.satclip.LocationEncoder`, a SatCLIP ``.ckpt`` path, a SatCLIP
+        image model with weights, or a ``satclip-*`` name with ``weights=``.
+    weights
+        Checkpoint path when ``model`` is a model name.
+    dtype
+        ``"float64"`` (default) or ``"float32"``.
+    batch_size
+        Points per encoder batch (default: the encoder's ``default_batch_size``).
+    trust
+        Allow full unpickling of a checkpoint that needs it.
+    prefix
+        Column-name prefix of the DataFrame result.
+
+    Returns
+    -------
+    numpy.ndarray or pandas.DataFrame
+        ``(N, embed_dim)`` for array input; for a DataFrame or Series input, a DataFrame
+        with the same index and columns ``prefix + "0"`` ...
+
+    Raises
+    ------
+    XSkyError
+        Lengths differ, values are NaN/inf, or a latitude is outside [-90, 90].
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from xsky.models.satclip import LocationEncoder
+    >>> enc = LocationEncoder(legendre_polys=10, capacity=16, embed_dim=8).eval()
+    >>> df = pd.DataFrame({"lon": [2.35, 13.4], "lat": [48.85, 52.5]}, index=["paris", "berlin"])
+    >>> emb = location_embed_points(df, enc)
+    >>> emb.shape, list(emb.index), emb.columns[0]
+    ((2, 8), ['paris', 'berlin'], 'loc_emb_0')
+    """
+    import pandas as pd
+
+    index = None
+    if isinstance(lon, pd.DataFrame):
+        if model is None and lat is not None and _is_model_like(lat):
+            model, lat = lat, None
+        if lat is not None:
+            raise XSkyError(
+                "with a DataFrame, pass the model second (location_embed_points(df, model)) "
+                "or give lon and lat as separate columns"
+            )
+        lon_col, lat_col = _frame_columns(lon)
+        index = lon.index
+        lon, lat = lon[lon_col], lon[lat_col]
+    if model is None:
+        raise XSkyError("location_embed_points needs a model: a LocationEncoder, .ckpt path, "
+                        "or satclip-* name with weights=")
+    if lat is None:
+        raise XSkyError("location_embed_points needs latitudes: pass lon and lat")
+    if isinstance(lon, pd.Series) or isinstance(lat, pd.Series):
+        s = lon if isinstance(lon, pd.Series) else lat
+        if isinstance(lon, pd.Series) and isinstance(lat, pd.Series) and not lon.index.equals(
+                lat.index):
+            raise XSkyError("lon and lat Series have different indexes; align them first")
+        index = s.index if index is None else index
+    lon_a = np.asarray(lon, dtype=np.float64)
+    lat_a = np.asarray(lat, dtype=np.float64)
+    if lon_a.ndim != 1 or lat_a.ndim != 1 or lon_a.shape != lat_a.shape:
+        raise DimensionError(
+            f"lon and lat must be 1-D with the same length, got shapes {lon_a.shape} and "
+            f"{lat_a.shape}"
+        )
+    bad = ~(np.isfinite(lon_a) & np.isfinite(lat_a))
+    if bad.any():
+        where = np.flatnonzero(bad)[:5].tolist()
+        raise XSkyError(
+            f"{int(bad.sum())} point(s) have NaN or infinite lon/lat (positions {where}); drop "
+            "them first, e.g. df.dropna(subset=['lon', 'lat'])"
+        )
+    out_of_range = np.abs(lat_a) > 90
+    if out_of_range.any():
+        i = int(np.flatnonzero(out_of_range)[0])
+        raise XSkyError(
+            f"latitude must be within [-90, 90] degrees; got {lat_a[i]!r} at position {i} "
+            f"({int(out_of_range.sum())} point(s) outside). Are lon and lat swapped?"
+        )
+    out_dtype = _coerce_dtype(dtype)
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, int) or batch_size < 1):
+        raise XSkyError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _, enc = resolve_location_encoder(model, weights=weights, trust=trust)
+    emb = enc.encode(lon_a, lat_a, batch_size=batch_size).astype(out_dtype, copy=False)
+    if index is None:
+        return emb
+    width = max(1, int(math.log10(max(emb.shape[1] - 1, 1))) + 1)
+    cols = [f"{prefix}{i:0{width}d}" for i in range(emb.shape[1])]
+    return pd.DataFrame(emb, index=index, columns=cols)
