@@ -36,11 +36,15 @@ _MODALITY_ALIASES = {"sentinel2": "s2", "sentinel-2": "s2", "s2": "s2", "sentine
 
 @dataclass
 class Cube:
-    """One modality, ready for the graph: raw ``(T, C+1, Y, X)`` values plus a valid channel."""
+    """One modality, ready for the graph: one ``(T, Y, X)`` dask array per band, in the
+    model's band order and the input's dtype, all with the same chunks, and an optional
+    boolean ``valid`` array. Conversion to float32 and nodata masking happen in the kernel,
+    so the data is copied once, into each block's buffer."""
 
     name: str
-    raw: da.Array
-    n_bands: int
+    bands: list[da.Array]
+    nodata: tuple[float | None, ...]
+    valid: da.Array | None
     grid: GridInfo
     time_dim: str | None
     time: Any  # the time coordinate values (or None)
@@ -150,7 +154,7 @@ def prepare_modality(
     obj: xr.DataArray | xr.Dataset, mod: ModalitySpec, *, fuses_time: bool,
     units: str | None = None, what: str = "input",
 ) -> Cube:
-    """Check one modality's xarray object and build its raw dask array ``(T, C+1, Y, X)``."""
+    """Check one modality's xarray object and gather its band and ``valid`` dask arrays."""
     ds = _as_dataset(obj, mod)
     grid = grid_info(ds)
     crs = get_crs(ds)
@@ -203,21 +207,17 @@ def prepare_modality(
     else:
         ref = next(a for a, _ in arrays if isinstance(a, da.Array))
         chunks = ref.chunks
-    bands = []
-    ref_chunks = None
+    bands: list[da.Array] = []
+    nodatas: list[float | None] = []
     for data, nodata in arrays:
         d = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks[-data.ndim:])
-        if ref_chunks is None:
-            ref_chunks = d.chunks
-        elif d.chunks != ref_chunks:
-            d = d.rechunk(ref_chunks)
-        d = d.astype(np.float32)
-        if nodata is not None and np.isfinite(nodata):
-            d = da.where(d == np.float32(nodata), np.float32(np.nan), d)
+        if bands and d.chunks != bands[0].chunks[-d.ndim:]:
+            d = d.rechunk(bands[0].chunks[-d.ndim:])
         if time_dim is None:
             d = d[None]
         bands.append(d)
-    stack = da.stack(bands, axis=1)
+        nodatas.append(float(nodata) if nodata is not None and np.isfinite(nodata) else None)
+    vd = None
     if "valid" in ds.data_vars or "valid" in ds.coords:
         v = ds["valid"]
         if not set(v.dims) <= set(order):
@@ -231,14 +231,11 @@ def prepare_modality(
         vd = (vd > 0.5) if vd.dtype != bool else vd  # NaN compares False: invalid
         if time_dim is None:
             vd = vd[None]
-        vd = vd.astype(np.float32).rechunk(stack[:, 0].chunks)[:, None]
-    else:
-        vd = da.ones_like(stack[:, :1], dtype=np.float32)
-    raw = da.concatenate([stack, vd], axis=1)
+        vd = vd.rechunk(bands[0].chunks)
     if all(in_memory):
         _check_not_all_invalid(ds, names, what)
     time = ds[time_dim].values if time_dim is not None else None
-    return Cube(mod.name, raw, len(mod.bands), grid, time_dim, time, band_units, crs)
+    return Cube(mod.name, bands, tuple(nodatas), vd, grid, time_dim, time, band_units, crs)
 
 
 def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) -> None:

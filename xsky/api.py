@@ -179,7 +179,7 @@ def embed(
     >>> emb.dims, emb.shape
     (('time', 'y', 'x', 'feature'), (4, 16, 16, 16))
     """
-    from .engine.graph import build_embedding, build_valid_fraction, pad_and_chunk
+    from .engine.graph import build_embedding, build_valid_fraction, chunk_with_halo
     from .engine.kernel import BlockTask, ModalityInput
     from .engine.plan import plan_axis
     from .runtime.device import PRECISIONS, check_device
@@ -205,13 +205,13 @@ def embed(
     ref, crs = _reference_grid(cubes, spec)
     first = next(iter(cubes.values()))
     g0 = spec.modality(first.name).grid_factor
-    target_y = max(1, first.raw.chunks[2][0] // g0)
-    target_x = max(1, first.raw.chunks[3][0] // g0)
+    target_y = max(1, first.bands[0].chunks[1][0] // g0)
+    target_x = max(1, first.bands[0].chunks[2][0] // g0)
     py = plan_axis(ref.ny, spec.window, spec.stride, spec.output, int(overlap), target_y, ref.ydim)
     px = plan_axis(ref.nx, spec.window, spec.stride, spec.output, int(overlap), target_x, ref.xdim)
 
-    mods, raws = [], []
-    time_chunks = first.raw.chunks[0]
+    mods, arrays = [], []
+    time_chunks = first.bands[0].chunks[0]
     for m in spec.modalities:
         if m.name not in cubes:
             continue
@@ -219,14 +219,16 @@ def embed(
         conv, scale = convert_units(cube.units, m.units, m.name)
         doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
         mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor, conv, scale, m.mean,
-                                  m.std, doy))
-        tch = cube.raw.chunks[0] if not spec.fuses_time else (cube.raw.shape[0],)
-        raws.append(pad_and_chunk(cube.raw, py, px, m.grid_factor, edge, tch))
+                                  m.std, doy, cube.nodata, cube.valid is not None))
+        n_t = cube.bands[0].shape[0]
+        tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
+        for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
+            arrays.append(chunk_with_halo(a, py, px, m.grid_factor, tch))
     task = BlockTask(net.ref, tuple(mods), py, px, spec.fuses_time, spec.output,
-                     spec.feature_dim, device, batch, precision)
+                     spec.feature_dim, device, batch, precision, edge)
     if net.ref.name is None:
         _preload_on_cluster(net)
-    data = build_embedding(raws, task, time_chunks)
+    data = build_embedding(arrays, task, time_chunks)
 
     ycoord = ref.y_coords(0, spec.stride, py.n_out)
     xcoord = ref.x_coords(0, spec.stride, px.n_out)
@@ -263,8 +265,8 @@ def _valid_fraction(cubes: Mapping[str, Any], spec: Any, py: Any, px: Any, build
         if m.name not in cubes:
             continue
         cube = cubes[m.name]
-        f = build(cube.raw, m.bands.__len__(), spec.stride * m.grid_factor, py.out_chunks,
-                  px.out_chunks)
+        f = build(cube.bands, cube.valid, cube.nodata, spec.stride * m.grid_factor,
+                  py.out_chunks, px.out_chunks)
         if spec.fuses_time:
             fracs.append(f.mean(axis=0) * f.shape[0])
             weights.append(f.shape[0])

@@ -34,6 +34,8 @@ class ModalityInput:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     doy: tuple[int, ...] | None = None  # per date, for time-fusing models
+    nodata: tuple[float | None, ...] = ()  # per band: a value that marks missing data
+    has_valid: bool = False  # whether a valid-mask array follows the band arrays
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,11 @@ class BlockTask:
     device: str
     batch_size: int
     precision: str
+    edge: str = "reflect"
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xsky.BlockTask", self.ref.__dask_tokenize__(), self.modalities, self.plan_y,
-                self.plan_x, self.device, self.batch_size, self.precision)
+                self.plan_x, self.device, self.batch_size, self.precision, self.edge)
 
 
 def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, Any]:
@@ -79,6 +82,36 @@ def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, A
     return xb, vb
 
 
+def assemble_block(blocks: Sequence[np.ndarray], nodata: Sequence[float | None],
+                   has_valid: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's band blocks ``(T, H, W)`` (and valid block) as a float32 buffer
+    ``(T, C, H, W)`` with NaN at nodata, and a valid mask that is also false where any band
+    is not finite."""
+    n = len(blocks) - has_valid
+    t, h, w = blocks[0].shape
+    buf = np.empty((t, n, h, w), np.float32)
+    for i in range(n):
+        buf[:, i] = blocks[i]
+        if nodata and nodata[i] is not None:
+            buf[:, i][blocks[i] == nodata[i]] = np.nan
+    valid = np.isfinite(buf).all(axis=1)
+    if has_valid:
+        valid &= blocks[n].astype(bool, copy=False)
+    return buf, valid
+
+
+def _pad_edges(buf: np.ndarray, valid: np.ndarray, pads: tuple[tuple[int, int], ...], edge: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Pad an edge block past the array's edge: mirrored pixels, or missing ones."""
+    if not any(p for ax in pads for p in ax):
+        return buf, valid
+    if edge == "reflect":
+        return (np.pad(buf, ((0, 0), (0, 0), *pads), mode="reflect"),
+                np.pad(valid, ((0, 0), *pads), mode="reflect"))
+    return (np.pad(buf, ((0, 0), (0, 0), *pads), constant_values=np.nan),
+            np.pad(valid, ((0, 0), *pads), constant_values=False))
+
+
 def _real_mask(plan: AxisPlan, block: int, start: int, length: int, g: int) -> np.ndarray:
     """Which of ``length`` padded positions from data offset ``start`` are real pixels."""
     p = plan.data_start[block] * g + start + np.arange(length)
@@ -87,14 +120,18 @@ def _real_mask(plan: AxisPlan, block: int, start: int, length: int, g: int) -> n
 
 def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | None = None
               ) -> np.ndarray:
-    """Embed one block. ``blocks`` holds one raw array ``(T, C+1, H, W)`` per modality."""
+    """Embed one block.
+
+    ``blocks`` holds, per modality, its band blocks ``(T, H, W)`` then its valid block (if
+    any), with halos; edge blocks are padded here (``task.edge``).
+    """
     import torch
 
     from ..runtime.cache import get_model
     from ..runtime.device import device_lock, resolve_device
 
     assert block_id is not None
-    by, bx = (block_id[1], block_id[2]) if not task.fuses_time else (block_id[0], block_id[1])
+    by, bx = (block_id[0], block_id[1]) if task.fuses_time else (block_id[1], block_id[2])
     py, px = task.plan_y, task.plan_x
     k0y, k1y = py.windows[by]
     k0x, k1x = px.windows[bx]
@@ -114,67 +151,66 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
     # per modality: raw windows as strided views (T, C, nwy, nwx, Wm, Wm) and valid flags;
     # normalisation happens per batch, on the model's device
     views, valids, footprints = [], [], []
-    for raw, mod in zip(blocks, task.modalities, strict=True):
+    pos = 0
+    for mod in task.modalities:
         g = mod.grid_factor
-        xt = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        vals = xt[:, : mod.n_bands]
-        flag = (xt[:, mod.n_bands] > 0.5) & torch.isfinite(vals).all(1)
+        n_in = mod.n_bands + mod.has_valid
+        buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid)
+        pos += n_in
+        pads = ((py.pad_lo * g if by == 0 else 0, py.pad_hi * g if by == len(py.windows) - 1 else 0),
+                (px.pad_lo * g if bx == 0 else 0, px.pad_hi * g if bx == len(px.windows) - 1 else 0))
+        buf, flag_np = _pad_edges(buf, flag_np, pads, task.edge)
+        vals, flag = torch.from_numpy(buf), torch.from_numpy(flag_np)
         wm, cm = py.window * g, py.core * g
         oy, ox = py.window_offset(by) * g, px.window_offset(bx) * g
         views.append(vals[:, :, oy:, ox:].unfold(2, wm, cm).unfold(3, wm, cm)[:, :, :nwy, :nwx])
         valids.append(flag[:, oy:, ox:].unfold(1, wm, cm).unfold(2, wm, cm)[:, :nwy, :nwx])
-        # validity of each output cell, counting real (unpadded), finite pixels only
+        # validity of each output cell, counting real (unpadded) pixels only
         cy0, cx0 = oy + py.margin_lo * g, ox + px.margin_lo * g
         ly, lx = nwy * py.core * g, nwx * px.core * g
-        core = (slice(None), slice(cy0, cy0 + ly), slice(cx0, cx0 + lx))
-        core_valid = flag[core].numpy()
+        core_valid = flag_np[:, cy0:cy0 + ly, cx0:cx0 + lx]
         core_valid = core_valid & _real_mask(py, by, cy0, ly, g)[None, :, None]
         core_valid = core_valid & _real_mask(px, bx, cx0, lx, g)[None, None, :]
         sg = s * g
-        cells = core_valid.reshape(raw.shape[0], ly // sg, sg, lx // sg, sg).any(axis=(2, 4))
+        cells = core_valid.reshape(buf.shape[0], ly // sg, sg, lx // sg, sg).any(axis=(2, 4))
         footprints.append(cells)
 
-    # windows-major layout, so a batch is stored with one vectorised assignment
-    lead = () if task.fuses_time else (n_t,)
-    out6 = np.empty((*lead, nwy, out_w, nwx, out_w, task.feature_dim), np.float32)
-    n_items = int(np.prod(lead, dtype=int)) * nwy * nwx
-
-    items = np.arange(n_items)
+    # windows as one contiguous (items, ...) tensor per modality, items in (t, ky, kx) order
+    # (per-date) or (ky, kx) order (time-fusing): batches are then plain slices
+    if task.fuses_time:
+        wins = [v.permute(2, 3, 1, 0, 4, 5).reshape(nwy * nwx, *v.shape[1::-1], *v.shape[4:])
+                for v in views]  # (items, C, T, W, W)
+        flags = [va.permute(1, 2, 0, 3, 4).reshape(nwy * nwx, va.shape[0], *va.shape[3:])
+                 for va in valids]  # (items, T, W, W)
+    else:
+        v, va = views[0], valids[0]
+        wins = [v.permute(0, 2, 3, 1, 4, 5).reshape(-1, v.shape[1], *v.shape[4:])]
+        flags = [va.reshape(-1, *va.shape[3:])]
+    n_items = wins[0].shape[0]
+    out = np.empty((n_items, out_w, out_w, task.feature_dim), np.float32)
     keep = slice(py.margin_lo // s, py.margin_lo // s + out_w) if task.output == "dense" else None
     with torch.inference_mode(), (lock or contextlib.nullcontext()):
         for start in range(0, n_items, task.batch_size):
-            idx = items[start:start + task.batch_size]
+            stop = min(start + task.batch_size, n_items)
             inputs: dict[str, Any] = {}
-            if task.fuses_time:
-                ky, kx = np.divmod(idx, nwx)
-                for v, va, mod in zip(views, valids, task.modalities, strict=True):
-                    # (T, C, B, W, W): adjacent advanced indices stay in place
-                    xb = v[:, :, ky, kx].permute(2, 1, 0, 3, 4).to(device, non_blocking=True)
-                    vb = va[:, ky, kx].permute(1, 0, 2, 3).to(device)
-                    xb, vb = _normalise(xb, vb, mod, torch)
-                    inputs[mod.name], inputs[mod.name + "_valid"] = xb, vb
+            for w, f, mod in zip(wins, flags, task.modalities, strict=True):
+                xb = w[start:stop].to(device, non_blocking=True)
+                xb, vb = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod, torch)
+                inputs[mod.name] = xb
+                if task.fuses_time:
+                    inputs[mod.name + "_valid"] = vb
                     if mod.doy is not None:  # None: no time axis, so no date to encode
                         doy = torch.as_tensor(mod.doy, dtype=torch.int64)
-                        inputs[mod.name + "_doy"] = doy.expand(len(idx), -1).to(device)
-            else:
-                t, rem = np.divmod(idx, nwy * nwx)
-                ky, kx = np.divmod(rem, nwx)
-                mod = task.modalities[0]
-                xb = views[0][t, :, ky, kx].to(device, non_blocking=True)  # (B, C, W, W)
-                vb = valids[0][t, ky, kx].to(device)
-                inputs[mod.name] = _normalise(xb, vb, mod, torch)[0]
+                        inputs[mod.name + "_doy"] = doy.expand(stop - start, -1).to(device)
             with amp:
                 y = model.embed_windows(inputs)
-            y = _check_output(y, len(idx), task, torch)
-            y = y.float()
+            y = _check_output(y, stop - start, task, torch).float()
             if keep is not None:
                 y = y[:, :, keep, keep]
-            y = y.permute(0, 2, 3, 1).cpu().numpy()  # (B, ow, ow, F)
-            if task.fuses_time:
-                out6[ky, :, kx] = y
-            else:
-                out6[t, ky, :, kx] = y
-    out = out6.reshape(*lead, nwy * out_w, nwx * out_w, task.feature_dim)
+            out[start:stop] = y.permute(0, 2, 3, 1).cpu().numpy()  # (B, ow, ow, F)
+    lead = () if task.fuses_time else (n_t,)
+    out = out.reshape(*lead, nwy, nwx, out_w, out_w, task.feature_dim)
+    out = np.moveaxis(out, -3, -4).reshape(*lead, nwy * out_w, nwx * out_w, task.feature_dim)
 
     # cells with no valid input anywhere get NaN
     if task.fuses_time:

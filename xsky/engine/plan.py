@@ -101,6 +101,14 @@ class AxisPlan:
     def out_start(self, block: int) -> int:
         return sum(self.out_chunks[:block])
 
+    @property
+    def real_chunks(self) -> tuple[int, ...]:
+        """Chunk sizes of the unpadded input (edge chunks pad themselves in the kernel)."""
+        c = list(self.chunks)
+        c[0] -= self.pad_lo
+        c[-1] -= self.pad_hi
+        return tuple(c)
+
 
 def plan_axis(
     n: int,
@@ -142,8 +150,11 @@ def plan_axis(
     # whole windows per chunk, and enough that every chunk is at least the halo depth
     per = max(1, round((target_chunk or 8 * window) / core), math.ceil(depth / core) if depth else 1)
     bounds = [*range(0, n_windows, per), n_windows]
-    if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * core < max(depth, 1):
-        del bounds[-2]  # merge a last chunk too small to lend its halo
+    # the last chunk must lend its halo, and hold (with the halo it borrows) the pixels its
+    # edge padding mirrors: merge it into the previous one until it does
+    while len(bounds) > 2 and (n - bounds[-2] * core < depth
+                               or n - bounds[-2] * core + depth <= pad_hi):
+        del bounds[-2]
     windows = tuple(itertools.pairwise(bounds))
     n_pad = pad_lo + n + pad_hi
     edges = [pad_lo + k0 * core for k0, _ in windows]
@@ -158,8 +169,9 @@ def plan_axis(
         else:
             a, b = k0 * core // stride, k1 * core // stride
         out_chunks.append(max(0, min(b, n_out) - min(a, n_out)))
-    if any(c < depth for c in chunks):  # pragma: no cover - guarded by `per`
-        raise AssertionError(f"chunk smaller than halo: {chunks} < {depth}")
+    real = (chunks[0] - pad_lo, *chunks[1:-1], chunks[-1] - pad_hi) if len(chunks) > 1 else (n,)
+    if len(chunks) > 1 and any(c < depth for c in real):  # pragma: no cover - see merge above
+        raise AssertionError(f"chunk smaller than halo: {real} < {depth}")
     return AxisPlan(
         n=n, window=window, stride=stride, core=core, margin_lo=lo, margin_hi=hi,
         n_windows=n_windows, n_out=n_out, pad_lo=pad_lo, pad_hi=pad_hi, depth=depth,
