@@ -177,15 +177,7 @@ def spherical_harmonics(
     ((1, 4), 0.886227)
     """
     L = _check_L(L)
-    lon_a = np.ascontiguousarray(lon, dtype=np.float64).ravel()
-    lat_a = np.ascontiguousarray(lat, dtype=np.float64).ravel()
-    if lon_a.shape != lat_a.shape:
-        from ..exceptions import XSkyError
-
-        raise XSkyError(
-            f"lon has {lon_a.size} values but lat has {lat_a.size}; pass one latitude per "
-            "longitude"
-        )
+    lon_a, lat_a = as_lonlat(lon, lat)
     n = lon_a.size
     if out is None:
         out = np.empty((n, L * L), dtype=np.float64)
@@ -311,6 +303,20 @@ def spherical_harmonics_naive(lon: Any, lat: Any, L: int) -> np.ndarray:
             out[:, sh_index(l, m)] = base * np.cos(m * phi)
             out[:, sh_index(l, -m)] = base * np.sin(m * phi)
     return out
+
+
+def as_lonlat(lon: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flat, contiguous float64 copies of ``lon`` and ``lat``; their sizes must match."""
+    lon_a = np.ascontiguousarray(lon, dtype=np.float64).ravel()
+    lat_a = np.ascontiguousarray(lat, dtype=np.float64).ravel()
+    if lon_a.shape != lat_a.shape:
+        from ..exceptions import XSkyError
+
+        raise XSkyError(
+            f"lon has {lon_a.size} values but lat has {lat_a.size}; pass one latitude per "
+            "longitude"
+        )
+    return lon_a, lat_a
 
 
 def _check_L(L: Any) -> int:

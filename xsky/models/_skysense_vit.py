@@ -139,6 +139,17 @@ class TransformerEncoderLayer(nn.Module):
         return x + drop_path(self.ffn(self.ln2(x)), p, tr)
 
 
+def encoder_layers(num_layers: int, embed_dims: int, num_heads: int, mlp_ratio: float,
+                   qkv_bias: bool, eps: float, drop_path_rate: float) -> nn.ModuleList:
+    """Pre-norm layers with drop-path rising linearly to ``drop_path_rate`` (mmseg style)."""
+    dpr = linspace(drop_path_rate, num_layers)
+    return nn.ModuleList(
+        TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),
+                                qkv_bias=qkv_bias, eps=eps, drop_path_rate=dpr[i])
+        for i in range(num_layers)
+    )
+
+
 def resize_pos_embed(pos_embed: torch.Tensor, out_hw: tuple[int, int], pos_hw: tuple[int, int],
                      mode: str = "bicubic") -> torch.Tensor:
     """Resize a (1, 1 + gh*gw, C) position embedding (CLS entry first) to another grid.
@@ -216,12 +227,8 @@ class VisionTransformer(nn.Module):
             torch.zeros(1, self.pos_grid[0] * self.pos_grid[1] + 1, embed_dims))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        dpr = linspace(drop_path_rate, num_layers)
-        self.layers = nn.ModuleList(
-            TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),
-                                    qkv_bias=qkv_bias, eps=eps, drop_path_rate=dpr[i])
-            for i in range(num_layers)
-        )
+        self.layers = encoder_layers(num_layers, embed_dims, num_heads, mlp_ratio, qkv_bias, eps,
+                                     drop_path_rate)
         self.ln1 = nn.LayerNorm(embed_dims, eps=eps) if final_norm else None
 
     def _pos(self, hw: tuple[int, int], n_tokens: int) -> torch.Tensor:
@@ -298,12 +305,8 @@ class FusionEncoder(nn.Module):
         self.porj_linear = nn.Linear(input_dims, embed_dims)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        dpr = linspace(drop_path_rate, num_layers)
-        self.layers = nn.ModuleList(
-            TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),
-                                    qkv_bias=qkv_bias, eps=eps, drop_path_rate=dpr[i])
-            for i in range(num_layers)
-        )
+        self.layers = encoder_layers(num_layers, embed_dims, num_heads, mlp_ratio, qkv_bias, eps,
+                                     drop_path_rate)
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None
                 ) -> torch.Tensor:

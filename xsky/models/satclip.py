@@ -46,7 +46,7 @@ from ._base import EmbeddingModel, state_dict_sha256
 from ._checkpoint import file_sha256, load_checkpoint
 from ._registry import register_model
 from ._resnet import resnet18, resnet50
-from ._sh import spherical_harmonics, spherical_harmonics_torch
+from ._sh import as_lonlat, spherical_harmonics, spherical_harmonics_torch
 from ._spec import ModalitySpec, ModelSpec
 from ._vit_timm import vit_small_patch16_224
 
@@ -459,13 +459,7 @@ class LocationEncoder(nn.Module):
         numpy.ndarray
             ``(N, embed_dim)`` in the network dtype (float64 by default).
         """
-        lon_a = np.ascontiguousarray(lon, dtype=np.float64).ravel()
-        lat_a = np.ascontiguousarray(lat, dtype=np.float64).ravel()
-        if lon_a.shape != lat_a.shape:
-            raise XSkyError(
-                f"lon has {lon_a.size} values but lat has {lat_a.size}; pass one latitude per "
-                "longitude"
-            )
+        lon_a, lat_a = as_lonlat(lon, lat)
         n = lon_a.size
         batch_size = int(batch_size or self.default_batch_size)
         dt = self.dtype

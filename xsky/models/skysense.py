@@ -809,11 +809,7 @@ class SkySense(EmbeddingModel):
         SkySense
             In eval mode; ``model.load_report`` says what was loaded, skipped or rebuilt.
         """
-        if hyperparameters is None:
-            hyperparameters = _config_beside(path)
-        model = cls(hyperparameters, **kwargs)
-        model.load_official(path, strict=strict, trust=trust)
-        return model.eval()
+        return _from_official(cls, path, hyperparameters, strict, trust, kwargs)
 
     def load_official(self, path: str | os.PathLike[str], *, strict: bool = True,
                       trust: bool = False) -> LoadReport:
@@ -1087,11 +1083,7 @@ class SkySensePerDate(EmbeddingModel):
                       ) -> SkySensePerDate:
         """Build and load official weights (the modality's backbone and head files and the
         fusion file); see :meth:`SkySense.from_official`."""
-        if hyperparameters is None:
-            hyperparameters = _config_beside(path)
-        model = cls(hyperparameters, **kwargs)
-        model.load_official(path, strict=strict, trust=trust)
-        return model.eval()
+        return _from_official(cls, path, hyperparameters, strict, trust, kwargs)
 
     def load_official(self, path: str | os.PathLike[str], *, strict: bool = True,
                       trust: bool = False) -> LoadReport:
@@ -1123,6 +1115,17 @@ class SkySensePerDate(EmbeddingModel):
             raise DimensionError(f"inputs[{self.modality!r}] has shape {tuple(x.shape)}; "
                                  "expected (windows, bands, y, x)")
         return self(x)
+
+
+def _from_official(cls: Any, path: str | os.PathLike[str], hyperparameters: Any, strict: bool,
+                   trust: bool, kwargs: Mapping[str, Any]) -> Any:
+    """Build ``cls`` with the weights' sizes (``config.json`` beside them by default), load
+    the official weights, and return it in eval mode."""
+    if hyperparameters is None:
+        hyperparameters = _config_beside(path)
+    model = cls(hyperparameters, **kwargs)
+    model.load_official(path, strict=strict, trust=trust)
+    return model.eval()
 
 
 def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
