@@ -272,7 +272,8 @@ class _Embedding:
     crs_wkt: str
 
     @property
-    def data(self) -> da.Array:
+    def data(self) -> Any:
+        """The embedding's dask array."""
         return self.da.data
 
     @property
@@ -321,7 +322,7 @@ def _coerce_embedding(emb: Any) -> _Embedding:
     if arr.chunks is None:
         arr = arr.chunk()  # wrap in-memory data in one dask chunk
     arr = arr.chunk({"feature": -1})
-    return _Embedding(arr, tdim, ydim, xdim, crs.to_wkt())
+    return _Embedding(arr, None if tdim is None else str(tdim), ydim, xdim, crs.to_wkt())
 
 
 def _check_aligned(obj: xr.DataArray, emb: _Embedding, what: str) -> None:

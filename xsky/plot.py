@@ -35,7 +35,7 @@ def _boundary_lines(rm: np.ndarray, xv: np.ndarray, yv: np.ndarray) -> Any:
     ye = yv[i] + dy / 2
     horizontal = np.stack([np.c_[xv[j] - dx / 2, ye], np.c_[xv[j] + dx / 2, ye]], axis=1)
     segments = np.concatenate([vertical, horizontal]).reshape(-1, 2, 2)
-    return LineCollection(segments, colors="k", linewidths=1.0, label="region boundaries")
+    return LineCollection(list(segments), colors="k", linewidths=1.0, label="region boundaries")
 
 
 def prototypes(

@@ -94,7 +94,7 @@ def assemble_block(blocks: Sequence[np.ndarray], nodata: Sequence[float | None],
         buf[:, i] = blocks[i]
         if nodata and nodata[i] is not None:
             buf[:, i][blocks[i] == nodata[i]] = np.nan
-    valid = np.isfinite(buf).all(axis=1)
+    valid: np.ndarray = np.asarray(np.isfinite(buf).all(axis=1))
     if has_valid:
         valid &= blocks[n].astype(bool, copy=False)
     return buf, valid

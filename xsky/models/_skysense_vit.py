@@ -236,7 +236,7 @@ class VisionTransformer(nn.Module):
         # As mmseg: resize only when the token counts differ (a same-count grid of another
         # shape uses the stored order unchanged).
         if n_tokens != pos.shape[1]:
-            pos = resize_pos_embed(pos, hw, self.pos_grid, self.interpolate_mode)
+            return resize_pos_embed(pos, hw, self.pos_grid, self.interpolate_mode)
         return pos
 
     def forward(self, x: torch.Tensor, return_layers: bool = False

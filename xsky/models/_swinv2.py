@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,8 @@ class WindowMSAV2(nn.Module):
         """The (num_heads, N, N) additive bias ``16 * sigmoid(cpb_mlp(table))[index]``."""
         n = self.window * self.window
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-        bias = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        index: Any = self.relative_position_index  # a buffer
+        bias = table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
         return 16 * torch.sigmoid(bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_windows: int
@@ -97,7 +99,7 @@ class WindowMSAV2(nn.Module):
         bw, n, c = x.shape
         h = self.num_heads
         bias = None
-        if self.q_bias is not None:
+        if self.q_bias is not None and self.v_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.view(bw, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)

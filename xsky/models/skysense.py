@@ -613,7 +613,7 @@ def _load_official(model: nn.Module, path: str | os.PathLike[str], *, strict: bo
         raise CheckpointError(f"SkySense weights {str(p)!r} do not exist; pass the directory of "
                               "the six official .pth files or the full checkpoint file")
     own = model.state_dict()
-    uses = model._uses_key  # type: ignore[attr-defined]
+    uses: Any = model._uses_key
     to_load: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in canon.items():
@@ -681,8 +681,8 @@ def _resize_stored_pos(model: nn.Module, key: str, value: torch.Tensor) -> torch
         raise CheckpointError(f"{key}: stored position embedding {tuple(value.shape)} is not a "
                               "square grid plus CLS; cannot resize it")
     with torch.no_grad():
-        return resize_pos_embed(value.float(), vit.pos_grid, (side, side),
-                                vit.interpolate_mode).to(value.dtype)
+        return resize_pos_embed(value.float(), vit.pos_grid, (side, side),  # type: ignore[arg-type]
+                                vit.interpolate_mode).to(value.dtype)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------
@@ -863,6 +863,7 @@ class SkySense(EmbeddingModel):
 
     def _date_code(self, doy_index: torch.Tensor) -> torch.Tensor:
         """``ctpe`` rows (..., C4) for zero-based day indices."""
+        assert self.ctpe is not None  # only called when S2 (and so ctpe) is present
         return self.ctpe[0, doy_index]
 
     # ---- official-layout forward --------------------------------------------------------
@@ -1102,9 +1103,11 @@ class SkySensePerDate(EmbeddingModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features (B, D, h, w) of normalised images ``x`` (B, C, h, w)."""
-        feats = getattr(self, f"backbone_{self.modality}")(x)
-        head = getattr(self, f"head_{self.modality}")(feats)
-        return self.fusion.porj_linear(head.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        backbone: Any = getattr(self, f"backbone_{self.modality}")
+        head_module: Any = getattr(self, f"head_{self.modality}")
+        head = head_module(backbone(x))
+        fusion: Any = self.fusion
+        return fusion.porj_linear(head.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x = inputs.get(self.modality)
