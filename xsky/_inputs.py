@@ -146,10 +146,6 @@ def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset
     return ds
 
 
-def _spatial_target(data: da.Array) -> int:
-    return int(max(data.chunks[-2][0], data.chunks[-1][0]))
-
-
 def prepare_modality(
     obj: xr.DataArray | xr.Dataset, mod: ModalitySpec, *, fuses_time: bool,
     units: str | None = None, what: str = "input",

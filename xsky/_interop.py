@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from functools import cache
 from types import ModuleType
 
 from .exceptions import MissingDependencyError
@@ -17,15 +15,6 @@ _EXTRA = {
     "matplotlib": "viz",
     "tqdm": "train",
 }
-
-
-@cache
-def have(module: str) -> bool:
-    """Whether ``module`` can be imported, found without importing it."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def require(module: str, what: str = "this feature") -> ModuleType:

@@ -98,9 +98,6 @@ class AxisPlan:
         k0 = self.windows[block][0]
         return k0 * self.core - self.margin_lo + self.pad_lo - self.data_start[block]
 
-    def out_start(self, block: int) -> int:
-        return sum(self.out_chunks[:block])
-
     @property
     def real_chunks(self) -> tuple[int, ...]:
         """Chunk sizes of the unpadded input (edge chunks pad themselves in the kernel)."""

@@ -9,7 +9,7 @@ Computer (``B02``), Earth Search (``blue``, ``nir08``), CDSE (``B02_10m``) and s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from ..exceptions import BandMismatchError, XSkyError
 
@@ -102,14 +102,3 @@ def match_bands(
             "(aliases such as 'B2', 'blue' and 'nir' are understood)."
         )
     return {b: lookup[b] for b in wanted}
-
-
-def rename_to_canonical(names: Mapping[str, object] | Iterable[str], modality: str = "s2") -> dict[str, str]:
-    """``{name: canonical}`` for names whose canonical spelling differs."""
-    out = {}
-    for n in names:
-        if isinstance(n, str):
-            c = canonical_band(n, modality)
-            if c != n:
-                out[n] = c
-    return out

@@ -8,7 +8,7 @@ in a dask graph and key caches.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -183,7 +183,3 @@ class ModelSpec:
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xsky.ModelSpec", dataclasses.astuple(self)[:-1])
-
-
-def as_tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
