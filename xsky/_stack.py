@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 
@@ -71,12 +73,17 @@ def _align(src: xr.Dataset, ref: xr.Dataset, resampling: str) -> xr.Dataset:
     return out.assign_coords({ydim: ref[ydim].values, xdim: ref[xdim].values})
 
 
+def _is_xarray(obj: object) -> bool:
+    return isinstance(obj, (xr.Dataset, xr.DataArray))
+
+
 def stack(
-    s2: xr.Dataset | None = None,
-    s1: xr.Dataset | None = None,
-    hr: xr.Dataset | None = None,
+    s2: Any = None,
+    s1: Any = None,
+    hr: Any = None,
     *,
     resampling: str = "bilinear",
+    stac_options: dict[str, Any] | None = None,
 ) -> xr.DataTree:
     """Combine modalities into one DataTree on the Sentinel-2 grid.
 
@@ -93,6 +100,10 @@ def stack(
         footprint (SkySense's HR stage-4 grid is the S2 grid). It is checked, never resampled.
     resampling
         Resampling used to align S1 (``"bilinear"``, ``"nearest"``, ...).
+    stac_options
+        Any modality may also be given as STAC items (anything :func:`xsky.load_stac`
+        reads); they are loaded with these options, S2 first, then S1 ``like=`` the S2 cube,
+        so S1 lands on the S2 grid directly.
 
     Returns
     -------
@@ -107,6 +118,14 @@ def stack(
     given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr}.items() if v is not None}
     if not given:
         raise XSkyError("stack() needs at least one of s2=, s1=, hr=")
+    if not all(_is_xarray(v) for v in given.values()):
+        from .io.stac import load_stac
+
+        opts = dict(stac_options or {})
+        for name in ("s2", "s1", "hr"):
+            if name in given and not _is_xarray(given[name]):
+                like = given.get("s2") if name == "s1" and _is_xarray(given.get("s2")) else None
+                given[name] = load_stac(given[name], modality=name, like=like, **opts)
     nodes = {k: _canonical(v, k, k) for k, v in given.items()}
     ref_name = "s2" if "s2" in nodes else ("s1" if "s1" in nodes else None)
     if ref_name is not None:

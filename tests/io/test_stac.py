@@ -422,3 +422,15 @@ def test_hr_multiband_asset_splits_into_named_bands(data_dir):
     np.testing.assert_array_equal(ds["blue"].values[0], pix[2].astype("float32"))
     np.testing.assert_array_equal(ds["nir"].values[0], pix[3].astype("float32"))
     np.testing.assert_array_equal(ds["valid"].values[0], (pix[[2, 3]] != 0).all(0))
+
+
+def test_stack_loads_stac_items_with_s1_like_s2(ssl4eo_s2, ssl4eo_s1):
+    import xsky
+
+    with raise_if_dask_computes():
+        tree = xsky.stack(s2=ssl4eo_s2, s1=ssl4eo_s1)
+    s2, s1 = tree["s2"].to_dataset(), tree["s1"].to_dataset()
+    assert s1.odc.geobox == s2.odc.geobox
+    assert {"VV", "VH", "valid"} <= set(s1.data_vars)
+    direct = load_stac(ssl4eo_s1, modality="s1", like=load_stac(ssl4eo_s2))
+    np.testing.assert_array_equal(s1["VV"].values, direct["VV"].values)
