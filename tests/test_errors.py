@@ -80,6 +80,8 @@ CASES = [
     ("DataTree with unknown nodes", lambda d: xr.DataTree.from_dict({"landsat": d}), {},
      xsky.XSkyError, "name the nodes"),
     ("cuda without a GPU", lambda d: d, {"device": "cuda"}, xsky.XSkyError, "no CUDA GPU"),
+    ("bad resources", lambda d: d, {"resources": {"GPU": 0}}, xsky.XSkyError,
+     "positive amount"),
 ]
 
 

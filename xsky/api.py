@@ -27,6 +27,18 @@ def _coerce_batch_size(batch_size: Any, default: int) -> int:
     return int(batch_size)
 
 
+def _coerce_resources(resources: Any) -> dict[str, float]:
+    if not isinstance(resources, Mapping) or not resources or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for k, v in resources.items()
+    ):
+        raise XSkyError(
+            f"resources must be a non-empty dict of resource name -> positive amount, such as "
+            f"{{'GPU': 1}}; got {resources!r}"
+        )
+    return {k: float(v) for k, v in resources.items()}
+
+
 def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
     from .models import EmbeddingModel
 
@@ -117,6 +129,7 @@ def embed(
     precision: str = "float32",
     units: str | Mapping[str, str] | None = None,
     geo_context: xr.Dataset | None = None,
+    resources: Mapping[str, float] | None = None,
     **model_options: Any,
 ) -> xr.DataArray:
     """Embed a datacube with a foundation model, lazily.
@@ -159,6 +172,11 @@ def embed(
     geo_context
         Prototypes from :func:`xsky.prototypes`: each pixel's feature is enriched with its
         region's prototypes (feature dim doubles).
+    resources
+        Dask resources each model task needs on a ``distributed`` cluster, e.g.
+        ``{"GPU": 1}`` with workers started as ``dask worker --resources GPU=1``, so each GPU
+        runs one model task at a time. Only set it when the workers declare these resources:
+        otherwise the tasks wait forever.
     **model_options
         Passed to :func:`xsky.models.create_model` for a named model (e.g. ``stride=64`` for
         SatCLIP image encoders, ``temporal="per-date"`` for SkySense).
@@ -228,7 +246,13 @@ def embed(
                      spec.feature_dim, device, batch, precision, edge)
     if net.ref.name is None:
         _preload_on_cluster(net)
-    data = build_embedding(arrays, task, time_chunks)
+    if resources is not None:
+        import dask
+
+        with dask.annotate(resources=_coerce_resources(resources)):
+            data = build_embedding(arrays, task, time_chunks)
+    else:
+        data = build_embedding(arrays, task, time_chunks)
 
     ycoord = ref.y_coords(0, spec.stride, py.n_out)
     xcoord = ref.x_coords(0, spec.stride, px.n_out)

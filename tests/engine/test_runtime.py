@@ -83,12 +83,19 @@ def test_distributed_cluster_matches_threaded_scheduler(cube):
                    feature_dim=5)
     threaded_w = xsky.embed(cube, wrapped).compute(scheduler="threads").values
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+                                  dashboard_address=None, resources={"GPU": 1}
+                                  ) as lc, distributed.Client(lc) as client:
         remote = xsky.embed(cube, "test-tiny").compute().values
+        # tasks annotated with a resource run where workers declare it
+        annotated = xsky.embed(cube, "test-tiny", resources={"GPU": 1})
+        assert any((layer.annotations or {}).get("resources") == {"GPU": 1.0}
+                   for layer in annotated.data.__dask_graph__().layers.values())
+        remote_r = annotated.compute().values
         # an unregistered model reaches the workers through the preload plugin
         remote_w = xsky.embed(cube, wrapped).compute().values
         builds = client.run(lambda: dict(__import__("xsky.runtime.cache").runtime.cache.BUILDS))
     assert np.nanmax(np.abs(threaded - remote)) <= 1e-6
+    assert np.nanmax(np.abs(threaded - remote_r)) <= 1e-6
     assert np.nanmax(np.abs(threaded_w - remote_w)) <= 1e-6
     # each worker process built test-tiny once, however many tasks it ran
     for per_worker in builds.values():
