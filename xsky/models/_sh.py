@@ -70,6 +70,17 @@ def _tables(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _store(out, i, l, m, p, cm, sm):  # noqa: E741  # pragma: no cover - compiled
+    """Write P_l^m (normalised) as the real features of degree l, order +-m (l-major)."""
+    k = l * l + l
+    if m == 0:
+        out[i, k] = math.pi * p  # the official pi factor on every m = 0 term
+    else:
+        out[i, k + m] = _SQRT2 * p * cm
+        out[i, k - m] = _SQRT2 * p * sm
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _sh_one(lon, lat, L, diag, sub, a, b, out, i):  # pragma: no cover - compiled
     # theta = lat + 90 deg, so cos(theta) = -sin(lat) and |sin(theta)| = |cos(lat)|; taking
     # them from lat directly keeps full relative precision near the poles, where the
@@ -92,30 +103,14 @@ def _sh_one(lon, lat, L, diag, sub, a, b, out, i):  # pragma: no cover - compile
             pmm = pmm * diag[m] * s
             # cos/sin(m phi) by rotation: one complex multiply per order
             cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
-        if m == 0:
-            out[i, 0] = math.pi * pmm
-        else:
-            k = m * m + 2 * m
-            out[i, k] = _SQRT2 * pmm * cm
-            out[i, k - 2 * m] = _SQRT2 * pmm * sm
+        _store(out, i, m, m, pmm, cm, sm)
         if m + 1 < L:
             p2 = pmm
             p1 = sub[m] * x * pmm
-            l = m + 1  # noqa: E741
-            k = l * l + l
-            if m == 0:
-                out[i, k] = math.pi * p1
-            else:
-                out[i, k + m] = _SQRT2 * p1 * cm
-                out[i, k - m] = _SQRT2 * p1 * sm
+            _store(out, i, m + 1, m, p1, cm, sm)
             for l in range(m + 2, L):  # noqa: E741
                 p = a[l, m] * (x * p1 - b[l, m] * p2)
-                k = l * l + l
-                if m == 0:
-                    out[i, k] = math.pi * p
-                else:
-                    out[i, k + m] = _SQRT2 * p * cm
-                    out[i, k - m] = _SQRT2 * p * sm
+                _store(out, i, l, m, p, cm, sm)
                 p2 = p1
                 p1 = p
 
