@@ -157,8 +157,8 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
         n_in = mod.n_bands + mod.has_valid
         buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid)
         pos += n_in
-        pads = ((py.pad_lo * g if by == 0 else 0, py.pad_hi * g if by == len(py.windows) - 1 else 0),
-                (px.pad_lo * g if bx == 0 else 0, px.pad_hi * g if bx == len(px.windows) - 1 else 0))
+        (ylo, yhi), (xlo, xhi) = py.edge_pads(by), px.edge_pads(bx)
+        pads = ((ylo * g, yhi * g), (xlo * g, xhi * g))
         buf, flag_np = _pad_edges(buf, flag_np, pads, task.edge)
         vals, flag = torch.from_numpy(buf), torch.from_numpy(flag_np)
         wm, cm = py.window * g, py.core * g
@@ -187,21 +187,22 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
         wins = [v.permute(0, 2, 3, 1, 4, 5).reshape(-1, v.shape[1], *v.shape[4:])]
         flags = [va.reshape(-1, *va.shape[3:])]
     n_items = wins[0].shape[0]
+    doys = [None if mod.doy is None else torch.as_tensor(mod.doy, dtype=torch.int64).to(device)
+            for mod in task.modalities]
     out = np.empty((n_items, out_w, out_w, task.feature_dim), np.float32)
     keep = slice(py.margin_lo // s, py.margin_lo // s + out_w) if task.output == "dense" else None
     with torch.inference_mode(), (lock or contextlib.nullcontext()):
         for start in range(0, n_items, task.batch_size):
             stop = min(start + task.batch_size, n_items)
             inputs: dict[str, Any] = {}
-            for w, f, mod in zip(wins, flags, task.modalities, strict=True):
+            for w, f, doy, mod in zip(wins, flags, doys, task.modalities, strict=True):
                 xb = w[start:stop].to(device, non_blocking=True)
                 xb, vb = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod, torch)
                 inputs[mod.name] = xb
                 if task.fuses_time:
                     inputs[mod.name + "_valid"] = vb
-                    if mod.doy is not None:  # None: no time axis, so no date to encode
-                        doy = torch.as_tensor(mod.doy, dtype=torch.int64)
-                        inputs[mod.name + "_doy"] = doy.expand(stop - start, -1).to(device)
+                    if doy is not None:  # None: no time axis, so no date to encode
+                        inputs[mod.name + "_doy"] = doy.expand(stop - start, -1)
             with amp:
                 y = model.embed_windows(inputs)
             y = _check_output(y, stop - start, task, torch).float()

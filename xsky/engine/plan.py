@@ -98,6 +98,11 @@ class AxisPlan:
         k0 = self.windows[block][0]
         return k0 * self.core - self.margin_lo + self.pad_lo - self.data_start[block]
 
+    def edge_pads(self, block: int) -> tuple[int, int]:
+        """Padding the block itself adds before and after its data (edge blocks only)."""
+        return (self.pad_lo if block == 0 else 0,
+                self.pad_hi if block == len(self.windows) - 1 else 0)
+
     @property
     def real_chunks(self) -> tuple[int, ...]:
         """Chunk sizes of the unpadded input (edge chunks pad themselves in the kernel)."""
