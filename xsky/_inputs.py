@@ -188,8 +188,6 @@ def prepare_modality(
     shape = arrays[0][0].shape
     if any(s == 0 for s in shape):
         raise DimensionError(f"{what} is empty (shape {dict(zip(order, shape, strict=True))})")
-    if time_dim is None:
-        shape = (1, *shape)
     if fuses_time and time_dim is not None and not all(in_memory):
         tchunks = arrays[0][0].chunks[0]
         if len(tchunks) > 1:
