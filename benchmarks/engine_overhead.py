@@ -48,7 +48,7 @@ def bare_loop(ds, model, batch_size: int) -> tuple[float, np.ndarray]:
     """Embed with a plain loop: pad, cut windows, normalise, batch, run, stitch."""
     import torch
 
-    from xsky._inputs import convert_units
+    from xsky.api._inputs import convert_units
 
     spec = model.spec
     _, scale = convert_units("reflectance", spec.modalities[0].units, "s2")

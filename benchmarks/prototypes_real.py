@@ -35,7 +35,7 @@ import xarray as xr
 
 import xsky
 from xsky import classify, prototypes
-from xsky._geo import write_crs
+from xsky.geo import write_crs
 
 ROOT = Path(__file__).resolve().parents[1]
 ROMANIA = ROOT / ".." / "shared" / "data" / "s2_ts_romania" / "sentinel2_cube_subset_romania_10m.nc"

@@ -135,7 +135,7 @@ def bench_location_embed(L: int, side: int, chunk: int) -> dict[str, float]:
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    from xsky.location import location_embed
+    from xsky.api.location import location_embed
 
     torch.manual_seed(0)
     enc = LocationEncoder(L, capacity=512, embed_dim=256).eval()

@@ -15,9 +15,9 @@ import xarray as xr
 from pyproj import Transformer
 
 import xsky
-from xsky import location as loc
+from xsky.api import location as loc
+from xsky.api.location import location_embed, location_embed_points
 from xsky.exceptions import CRSError, DimensionError, UnsafeCheckpointError, XSkyError
-from xsky.location import location_embed, location_embed_points
 from xsky.models.satclip import LocationEncoder
 from xsky.testing import raise_if_dask_computes
 

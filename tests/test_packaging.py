@@ -64,6 +64,6 @@ def test_import_xsky_does_not_load_heavy_dependencies():
 def test_public_names_resolve():
     import xsky
 
-    for name in ("embed", "XSkyError", "tutorial", "models", "testing", "visualize"):
+    for name in ("embed", "XSkyError", "tutorial", "models", "testing", "plot"):
         assert getattr(xsky, name) is not None
     assert callable(xsky.embed)

@@ -12,8 +12,7 @@ from pyproj import Transformer
 
 import xsky
 from xsky import CRSError, DimensionError, XSkyError, classify, geo_context, prototypes
-from xsky._geo import write_crs
-from xsky._prototypes import (
+from xsky.api.geo_prototypes import (
     SKYSENSE_GRID,
     fit_prototypes,
     open_prototypes,
@@ -21,6 +20,7 @@ from xsky._prototypes import (
     save_prototypes,
     sinkhorn_knopp,
 )
+from xsky.geo import write_crs
 
 try:
     from xsky.testing import raise_if_dask_computes
@@ -142,7 +142,7 @@ def test_sinkhorn_matches_swav_reference():
 
 
 def test_sinkhorn_fast_and_log_domain_paths_agree():
-    from xsky._prototypes import _sinkhorn_exp, _sinkhorn_log
+    from xsky.api.geo_prototypes import _sinkhorn_exp, _sinkhorn_log
 
     z = np.random.default_rng(4).uniform(-1, 1, size=(30, 7)) / 0.05
     for n_iter in (0, 3, 50):
@@ -646,7 +646,7 @@ def test_plot_draws_the_assignment_with_a_legend(learned):
 
 
 def test_public_functions_and_accessor_delegate_to_the_same_code(cube, learned):
-    import xsky._prototypes as impl
+    import xsky.api.geo_prototypes as impl
 
     assert xsky.prototypes is impl.prototypes  # not shadowed by a submodule of that name
     assert xsky.classify is impl.classify and xsky.geo_context is impl.geo_context

@@ -31,7 +31,7 @@ def _s1(ny=32, nx=32, nt=2, seed=4, res=10.0):
 
 
 def _hr(s2, nt=1, seed=1):
-    f = xsky._stack.HR_FACTOR
+    f = xsky.api.stacking.HR_FACTOR
     ny, nx = s2.sizes["y"] * f, s2.sizes["x"] * f
     rng = np.random.default_rng(seed)
     res = 10.0 / f

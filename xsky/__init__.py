@@ -1,30 +1,63 @@
-"""xsky: remote-sensing foundation-model embeddings for xarray/Dask datacubes."""
+"""xsky: remote-sensing foundation-model embeddings for xarray/Dask datacubes.
+
+The public functions (:func:`embed`, :func:`stack`, :func:`location_embed`,
+:func:`prototypes`, ...) take and return xarray objects, and are also methods of the ``.sky``
+accessor on DataArray, Dataset and DataTree. Submodules: :mod:`xsky.models` (registry,
+model contract), :mod:`xsky.modalities` (what xsky knows of each sensor), :mod:`xsky.io`,
+:mod:`xsky.plot`, :mod:`xsky.train`, :mod:`xsky.tutorial`, :mod:`xsky.testing`.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import accessor as _accessor
 from ._version import __version__
+from .api import (
+    classify,
+    embed,
+    geo_context,
+    location_embed,
+    location_embed_points,
+    open_prototypes,
+    prototypes,
+    save_prototypes,
+    stack,
+)
 from .exceptions import (
+    AlignmentError,
+    ArgumentError,
     BandMismatchError,
     CheckpointError,
     ChunkingError,
     CRSError,
+    DataError,
     DimensionError,
     MissingDependencyError,
+    ModelError,
+    UnitsError,
     UnknownModelError,
     UnsafeCheckpointError,
     XSkyError,
 )
 
+if TYPE_CHECKING:  # loaded on first use: they pull in odc-stac / torch / matplotlib
+    from . import engine, io, modalities, models, plot, runtime, testing, train, tutorial
+    from .io.stac import load_stac
+
 __all__ = [
+    "AlignmentError",
+    "ArgumentError",
     "BandMismatchError",
     "CRSError",
     "CheckpointError",
     "ChunkingError",
+    "DataError",
     "DimensionError",
     "MissingDependencyError",
+    "ModelError",
+    "UnitsError",
     "UnknownModelError",
     "UnsafeCheckpointError",
     "XSkyError",
@@ -41,29 +74,22 @@ __all__ = [
     "stack",
 ]
 
-from . import accessor as _accessor
-
 _accessor.register()
 
-_LAZY_FUNCS = {
-    "embed": "api",
-    "stack": "_stack",
-    "location_embed": "location",
-    "location_embed_points": "location",
-    "prototypes": "_prototypes",
-    "classify": "_prototypes",
-    "geo_context": "_prototypes",
-    "load_stac": "io.stac",
-    "save_prototypes": "_prototypes",
-    "open_prototypes": "_prototypes",
-}
-_LAZY_MODULES = {"models", "train", "tutorial", "testing", "runtime", "engine", "io", "plot",
-                 "visualize"}
+_LAZY_FUNCS = {"load_stac": "io.stac"}
+_LAZY_MODULES = ("engine", "io", "modalities", "models", "plot", "runtime", "testing", "train",
+                 "tutorial")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_FUNCS:
-        return getattr(importlib.import_module(f".{_LAZY_FUNCS[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY_FUNCS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'xsky' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_LAZY_MODULES})

@@ -66,7 +66,7 @@ def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: 
     """Crop an in-memory cube by a lon/lat bbox and a ``start/end`` time range."""
     import numpy as np
 
-    from ._geo import get_crs, spatial_dims
+    from .geo import get_crs, spatial_dims
     from .io.stac import _coerce_bbox, _coerce_time
 
     if time is not None:
@@ -167,7 +167,7 @@ def _embed(args: argparse.Namespace) -> int:
     if args.preview:
         import xarray as xr
 
-        from .visualize import save_preview
+        from .plot import save_preview
 
         with xr.open_zarr(out, consolidated=False, decode_coords="all") as stored:
             save_preview(stored["embedding"], args.preview)

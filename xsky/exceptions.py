@@ -1,8 +1,23 @@
 """The xsky exception hierarchy.
 
 Every error xsky raises on bad input derives from :class:`XSkyError` (itself a
-``ValueError``), and its message names what is wrong (variable, dimension, band,
-model), the expected and the actual value, and how to fix it.
+``ValueError``), and its message names what is wrong (variable, dimension, band, model), the
+expected and the actual value, and how to fix it. The four families::
+
+    XSkyError
+    ├── ArgumentError          a function argument is invalid (type, range, unknown choice)
+    │   └── UnknownModelError  a model name is not in the registry
+    ├── DataError              the data cannot be used as it is
+    │   ├── DimensionError     dims / coords missing, misordered, irregular, wrong size
+    │   ├── BandMismatchError  bands missing or ambiguous
+    │   ├── ChunkingError      dask chunks unusable
+    │   ├── CRSError           CRS missing or unusable
+    │   ├── UnitsError         units unknown, implausible or not convertible
+    │   └── AlignmentError     (a DimensionError) inputs not on the same grid or footprint
+    ├── ModelError             a model misbehaves or is unavailable in this process
+    ├── CheckpointError        a weights file cannot be read or does not match
+    │   └── UnsafeCheckpointError
+    └── MissingDependencyError an optional dependency is not installed (also an ImportError)
 """
 
 from __future__ import annotations
@@ -10,12 +25,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "AlignmentError",
+    "ArgumentError",
     "BandMismatchError",
     "CRSError",
     "CheckpointError",
     "ChunkingError",
+    "DataError",
     "DimensionError",
     "MissingDependencyError",
+    "ModelError",
+    "UnitsError",
     "UnknownModelError",
     "UnsafeCheckpointError",
     "XSkyError",
@@ -27,27 +47,47 @@ class XSkyError(ValueError):
     """Base class of every error raised by xsky on bad input or state."""
 
 
-class DimensionError(XSkyError):
-    """A dimension or coordinate is missing, misordered, irregular or the wrong size."""
+class ArgumentError(XSkyError):
+    """A function argument has the wrong type, is out of range or is not a valid choice."""
 
 
-class BandMismatchError(XSkyError):
-    """Bands a model needs are missing or ambiguous."""
-
-
-class UnknownModelError(XSkyError, KeyError):
+class UnknownModelError(ArgumentError, KeyError):
     """A model name is not in the registry."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
 
-class ChunkingError(XSkyError):
+class DataError(XSkyError):
+    """The data (dims, coordinates, values, metadata) cannot be used as they are."""
+
+
+class DimensionError(DataError):
+    """A dimension or coordinate is missing, misordered, irregular or the wrong size."""
+
+
+class BandMismatchError(DataError):
+    """Bands a model needs are missing or ambiguous."""
+
+
+class ChunkingError(DataError):
     """The dask chunking of the input cannot be used as it is."""
 
 
-class CRSError(XSkyError):
+class CRSError(DataError):
     """The coordinate reference system is missing or unusable."""
+
+
+class UnitsError(DataError):
+    """Units are unknown, not convertible to what the model needs, or implausible."""
+
+
+class AlignmentError(DimensionError):
+    """Inputs that must share a grid or footprint do not."""
+
+
+class ModelError(XSkyError):
+    """A model returned something unexpected, or is not available in this process."""
 
 
 class CheckpointError(XSkyError):

@@ -1,22 +1,23 @@
 """Model registry, model contract and the bundled models.
 
-Importing this module registers every bundled model (it needs torch: ``pip install
-'xsky[torch]'``).
+The contract (:class:`ModelSpec`, :class:`ModalitySpec`, :class:`ModelRef`) imports without
+torch. Everything else (the registry, :class:`EmbeddingModel`, :func:`wrap`, the bundled
+models) needs torch (``pip install 'xsky[torch]'``) and is imported on first use; the first
+use also registers the bundled models (test-tiny, satclip-*, skysense-*).
 """
 
 from __future__ import annotations
 
-from .._interop import require
+import importlib
+from typing import TYPE_CHECKING, Any
 
-require("torch", "xsky.models")
+from .spec import ModalitySpec, ModelRef, ModelSpec
 
-# Importing the model modules registers them (test-tiny, satclip-*, skysense-*).
-from . import _tiny, satclip, skysense  # noqa: E402,F401
-from ._base import EmbeddingModel, ModelRef, state_dict_sha256  # noqa: E402
-from ._checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from ._registry import create_model, get_model_spec, list_models, register_model  # noqa: E402
-from ._spec import ModalitySpec, ModelSpec  # noqa: E402
-from ._wrap import WrappedModel, wrap  # noqa: E402
+if TYPE_CHECKING:
+    from ._base import EmbeddingModel, state_dict_sha256
+    from ._checkpoint import file_sha256, load_checkpoint
+    from ._registry import create_model, get_model_spec, list_models, register_model
+    from ._wrap import WrappedModel, wrap
 
 __all__ = [
     "EmbeddingModel",
@@ -33,3 +34,44 @@ __all__ = [
     "state_dict_sha256",
     "wrap",
 ]
+
+_LAZY = {
+    "EmbeddingModel": "_base",
+    "state_dict_sha256": "_base",
+    "file_sha256": "_checkpoint",
+    "load_checkpoint": "_checkpoint",
+    "create_model": "_registry",
+    "get_model_spec": "_registry",
+    "list_models": "_registry",
+    "register_model": "_registry",
+    "WrappedModel": "_wrap",
+    "wrap": "_wrap",
+}
+# importing these registers the bundled models
+_BUNDLED = ("_tiny", "satclip", "skysense")
+_TORCH_SUBMODULES = {*_BUNDLED, "_base", "_checkpoint", "_registry", "_wrap", "_resnet", "_sh",
+                     "_skysense_vit", "_swinv2", "_vit_timm"}
+
+
+def _load_bundled() -> None:
+    from .._interop import require
+
+    require("torch", "xsky.models")
+    for mod in _BUNDLED:
+        importlib.import_module(f".{mod}", __name__)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        _load_bundled()
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _TORCH_SUBMODULES:
+        _load_bundled()
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'xsky.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,49 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._spec import ModelSpec
+from .spec import ModelRef, ModelSpec
 
 __all__ = ["EmbeddingModel", "ModelRef", "state_dict_sha256"]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A small, picklable recipe to get a model in any process.
-
-    Attributes
-    ----------
-    name
-        Registry name, or ``None`` for a model that is only in this process's cache
-        (a wrapped module that was never registered).
-    weights
-        Local weights path given to ``create_model``, if any.
-    overrides
-        Keyword overrides given to ``create_model``, as sorted items.
-    sha256
-        Digest of the weights: the cache key, and a check that a worker rebuilt the same model.
-    spec
-        The model's spec.
-    """
-
-    name: str | None
-    weights: str | None
-    overrides: tuple[tuple[str, Any], ...]
-    sha256: str
-    spec: ModelSpec
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.spec.name, self.sha256)
-
-    def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return ("xsky.ModelRef", self.name, self.weights, self.overrides, self.sha256)
 
 
 def state_dict_sha256(module: nn.Module) -> str:

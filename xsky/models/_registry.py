@@ -16,7 +16,7 @@ import torch
 from ..exceptions import UnknownModelError, XSkyError, format_choices
 from ._base import EmbeddingModel
 from ._checkpoint import file_sha256
-from ._spec import ModelSpec
+from .spec import ModelSpec
 
 __all__ = ["create_model", "get_model_spec", "list_models", "register_model"]
 

@@ -16,7 +16,7 @@ from torch import nn
 from ._base import EmbeddingModel
 from ._checkpoint import load_checkpoint
 from ._registry import register_model
-from ._spec import ModalitySpec, ModelSpec
+from .spec import ModalitySpec, ModelSpec
 
 __all__ = ["TinyNet"]
 

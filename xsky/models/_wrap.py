@@ -10,7 +10,7 @@ from torch import nn
 
 from ..exceptions import XSkyError
 from ._base import EmbeddingModel, state_dict_sha256
-from ._spec import ModalitySpec, ModelSpec
+from .spec import ModalitySpec, ModelSpec
 
 __all__ = ["WrappedModel", "wrap"]
 

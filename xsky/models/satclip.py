@@ -47,8 +47,8 @@ from ._checkpoint import file_sha256, load_checkpoint
 from ._registry import register_model
 from ._resnet import resnet18, resnet50
 from ._sh import as_lonlat, spherical_harmonics, spherical_harmonics_torch
-from ._spec import ModalitySpec, ModelSpec
 from ._vit_timm import vit_small_patch16_224
+from .spec import ModalitySpec, ModelSpec
 
 __all__ = [
     "S2_BANDS",

@@ -49,8 +49,8 @@ from ._base import EmbeddingModel
 from ._checkpoint import load_checkpoint
 from ._registry import register_model
 from ._skysense_vit import FusionEncoder, UPHead, VisionTransformer, resize_pos_embed
-from ._spec import ModalitySpec, ModelSpec
 from ._swinv2 import SWIN_ARCHS, SwinTransformerV2
+from .spec import ModalitySpec, ModelSpec
 
 __all__ = [
     "HR_BANDS",

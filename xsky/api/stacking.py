@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._geo import get_crs, grid_info, spatial_dims
-from .exceptions import DimensionError, XSkyError
-from .io.bands import canonical_band
+from ..exceptions import DimensionError, XSkyError
+from ..geo import get_crs, grid_info, spatial_dims
+from ..io.bands import canonical_band
 
 __all__ = ["HR_FACTOR", "stack"]
 
@@ -119,7 +119,7 @@ def stack(
     if not given:
         raise XSkyError("stack() needs at least one of s2=, s1=, hr=")
     if not all(_is_xarray(v) for v in given.values()):
-        from .io.stac import load_stac
+        from ..io.stac import load_stac
 
         opts = dict(stac_options or {})
         for name in ("s2", "s1", "hr"):

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._geo import GridInfo, write_crs
-from ._version import __version__
-from .exceptions import DimensionError, XSkyError, format_choices
+from .._version import __version__
+from ..exceptions import DimensionError, XSkyError, format_choices
+from ..geo import GridInfo, write_crs
 
 __all__ = ["embed"]
 
@@ -40,10 +40,10 @@ def _coerce_resources(resources: Any) -> dict[str, float]:
 
 
 def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
-    from .models import EmbeddingModel
+    from ..models import EmbeddingModel
 
     if isinstance(model, str):
-        from .runtime.cache import get_or_create
+        from ..runtime.cache import get_or_create
 
         # cached: tasks in this process reuse it, and a second embed() does not rebuild it
         return get_or_create(model, weights, **options)
@@ -55,7 +55,7 @@ def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
             )
         if getattr(model, "ref", None) is None:
             model.set_ref(None)
-        from .runtime.cache import put_model
+        from ..runtime.cache import put_model
 
         put_model(model)
         return model
@@ -197,10 +197,10 @@ def embed(
     >>> emb.dims, emb.shape
     (('time', 'y', 'x', 'feature'), (4, 16, 16, 16))
     """
-    from .engine.graph import build_embedding, build_valid_fraction, chunk_with_halo
-    from .engine.kernel import BlockTask, ModalityInput
-    from .engine.plan import plan_axis
-    from .runtime.device import PRECISIONS, check_device
+    from ..engine.graph import build_embedding, build_valid_fraction, chunk_with_halo
+    from ..engine.kernel import BlockTask, ModalityInput
+    from ..engine.plan import plan_axis
+    from ..runtime.device import PRECISIONS, check_device
 
     if edge not in EDGES:
         raise XSkyError(f"edge={edge!r} is not supported; choose one of {format_choices(EDGES)}")
@@ -275,7 +275,7 @@ def embed(
     out = write_crs(out, crs)
     out.attrs.update(_provenance(net, spec, edge, overlap, mods, device, precision))
     if geo_context is not None:
-        from ._prototypes import geo_context as _geo_context
+        from .geo_prototypes import geo_context as _geo_context
 
         out = _geo_context(out, geo_context)
     return out
@@ -349,6 +349,6 @@ def _preload_on_cluster(net: Any) -> None:
         client = default_client()
     except ValueError:
         return
-    from .runtime.plugin import preload
+    from ..runtime.plugin import preload
 
     preload(net, client)

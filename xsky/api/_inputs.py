@@ -14,16 +14,16 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._geo import GridInfo, get_crs, grid_info
-from .exceptions import (
+from ..exceptions import (
     BandMismatchError,
     ChunkingError,
     DimensionError,
     XSkyError,
     format_choices,
 )
-from .io.bands import canonical_band, match_bands
-from .models import ModalitySpec
+from ..geo import GridInfo, get_crs, grid_info
+from ..io.bands import canonical_band, match_bands
+from ..models import ModalitySpec
 
 __all__ = ["Cube", "convert_units", "prepare_cubes"]
 

@@ -1,4 +1,4 @@
-"""Georeferencing helpers shared by the engine, location embeddings and prototypes.
+"""Georeferencing helpers: grids, CRS, and one cached lon/lat transformer per CRS.
 
 They read coordinates and CRS metadata only, never pixel values.
 """
@@ -6,7 +6,9 @@ They read coordinates and CRS metadata only, never pixel values.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,15 @@ import xarray as xr
 
 from .exceptions import CRSError, DimensionError
 
-__all__ = ["GridInfo", "get_crs", "grid_info", "pixel_lonlat", "spatial_dims", "write_crs"]
+__all__ = [
+    "GridInfo",
+    "get_crs",
+    "grid_info",
+    "lonlat_transformer",
+    "pixel_lonlat",
+    "spatial_dims",
+    "write_crs",
+]
 
 _X_NAMES = ("x", "lon", "longitude")
 _Y_NAMES = ("y", "lat", "latitude")
@@ -155,18 +165,43 @@ def grid_info(obj: xr.DataArray | xr.Dataset) -> GridInfo:
     return GridInfo(ydim, xdim, float(yv[0]), float(xv[0]), dy, dx, yv.size, xv.size)
 
 
+@lru_cache(maxsize=64)
+def _transformer(crs_wkt: str, thread_id: int) -> Any:
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_wkt(crs_wkt)
+    return Transformer.from_crs(crs, crs.geodetic_crs or CRS.from_epsg(4326), always_xy=True)
+
+
+def lonlat_transformer(crs: Any) -> Any:
+    """The cached :class:`pyproj.Transformer` from ``crs`` to its geographic CRS (lon, lat).
+
+    One per CRS and thread (pyproj transformers must not be shared across threads), built
+    once per process.
+    """
+    return _transformer(_wkt(crs), threading.get_ident())
+
+
+@lru_cache(maxsize=64)
+def _wkt_of(text: str) -> str:
+    from pyproj import CRS
+
+    return str(CRS.from_user_input(text).to_wkt())
+
+
+def _wkt(crs: Any) -> str:
+    if hasattr(crs, "to_wkt"):
+        return str(crs.to_wkt())
+    text = str(crs)
+    return text if "[" in text else _wkt_of(text)  # already WKT, or "EPSG:32633" etc.
+
+
 def pixel_lonlat(x: np.ndarray, y: np.ndarray, crs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Longitude/latitude (degrees, float64) of the 2-D grid spanned by 1-D ``x`` and ``y``.
 
-    Returns two arrays of shape ``(len(y), len(x))``.
+    ``crs`` is anything :meth:`pyproj.CRS.from_user_input` takes, or its WKT. Returns two
+    arrays of shape ``(len(y), len(x))``.
     """
-    from pyproj import CRS, Transformer
-
-    crs = CRS.from_user_input(crs)
     xx, yy = np.meshgrid(np.asarray(x, "float64"), np.asarray(y, "float64"))
-    if crs.is_geographic:
-        tr = Transformer.from_crs(crs, crs.geodetic_crs or crs, always_xy=True)
-    else:
-        tr = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
-    lon, lat = tr.transform(xx, yy)
+    lon, lat = lonlat_transformer(crs).transform(xx, yy)
     return np.asarray(lon, "float64"), np.asarray(lat, "float64")

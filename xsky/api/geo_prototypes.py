@@ -36,10 +36,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._geo import get_crs, grid_info, pixel_lonlat, spatial_dims
-from ._interop import require
-from ._version import __version__
-from .exceptions import DimensionError, XSkyError, format_choices
+from .._interop import require
+from .._version import __version__
+from ..exceptions import DimensionError, XSkyError, format_choices
+from ..geo import get_crs, grid_info, pixel_lonlat, spatial_dims
 
 __all__ = [
     "DEFAULT_SAMPLE",

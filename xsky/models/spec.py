@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..exceptions import XSkyError
+from ..exceptions import ArgumentError
+from ..modalities import UNITS
 
-__all__ = ["ModalitySpec", "ModelSpec"]
+__all__ = ["ModalitySpec", "ModelRef", "ModelSpec"]
 
 Units = Literal["reflectance", "dn", "db", "linear", "rgb255"]
-_UNITS = ("reflectance", "dn", "db", "linear", "rgb255")
+_UNITS = tuple(sorted(set(UNITS.values())))
 
 
 @dataclass(frozen=True)
@@ -51,27 +52,27 @@ class ModalitySpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", tuple(self.bands))
         if not self.bands:
-            raise XSkyError(f"modality {self.name!r} lists no bands")
+            raise ArgumentError(f"modality {self.name!r} lists no bands")
         for attr in ("mean", "std"):
             val = getattr(self, attr)
             if val is not None:
                 val = tuple(float(v) for v in val)
                 if len(val) != len(self.bands):
-                    raise XSkyError(
+                    raise ArgumentError(
                         f"modality {self.name!r}: {attr} has {len(val)} values for "
                         f"{len(self.bands)} bands {self.bands}; give one value per band"
                     )
                 object.__setattr__(self, attr, val)
         if (self.mean is None) != (self.std is None):
-            raise XSkyError(f"modality {self.name!r}: give both mean and std, or neither")
+            raise ArgumentError(f"modality {self.name!r}: give both mean and std, or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
-            raise XSkyError(f"modality {self.name!r}: std must be positive, got {self.std}")
+            raise ArgumentError(f"modality {self.name!r}: std must be positive, got {self.std}")
         if self.units not in _UNITS:
-            raise XSkyError(
+            raise ArgumentError(
                 f"modality {self.name!r}: unknown units {self.units!r}; choose one of {_UNITS}"
             )
         if int(self.grid_factor) != self.grid_factor or self.grid_factor < 1:
-            raise XSkyError(
+            raise ArgumentError(
                 f"modality {self.name!r}: grid_factor must be a positive integer, "
                 f"got {self.grid_factor!r}"
             )
@@ -127,32 +128,32 @@ class ModelSpec:
         if isinstance(self.meta, Mapping):
             object.__setattr__(self, "meta", tuple(sorted(self.meta.items())))
         if not self.modalities:
-            raise XSkyError(f"model {self.name!r} declares no modalities")
+            raise ArgumentError(f"model {self.name!r} declares no modalities")
         for attr in ("window", "stride", "feature_dim", "default_batch_size"):
             val = getattr(self, attr)
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise XSkyError(
+                raise ArgumentError(
                     f"model {self.name!r}: {attr} must be a positive integer, got {val!r}"
                 )
         if self.output not in ("dense", "pooled"):
-            raise XSkyError(
+            raise ArgumentError(
                 f"model {self.name!r}: output must be 'dense' or 'pooled', got {self.output!r}"
             )
         if self.output == "dense" and self.window % self.stride:
-            raise XSkyError(
+            raise ArgumentError(
                 f"model {self.name!r}: window {self.window} is not a multiple of stride "
                 f"{self.stride}; a dense model must map a window to window/stride pixels"
             )
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
-            raise XSkyError(f"model {self.name!r}: duplicate modality names {names}")
+            raise ArgumentError(f"model {self.name!r}: duplicate modality names {names}")
         req = self.required_modalities
         if req is None:
             req = (names[0],)
         req = tuple(req)
         unknown = set(req) - set(names)
         if unknown:
-            raise XSkyError(f"model {self.name!r}: required modalities {unknown} not in {names}")
+            raise ArgumentError(f"model {self.name!r}: required modalities {unknown} not in {names}")
         object.__setattr__(self, "required_modalities", req)
 
     # -- helpers ---------------------------------------------------------------------
@@ -164,7 +165,7 @@ class ModelSpec:
         for m in self.modalities:
             if m.name == name:
                 return m
-        raise XSkyError(
+        raise ArgumentError(
             f"model {self.name!r} has no modality {name!r}; it takes {self.modality_names}"
         )
 
@@ -183,3 +184,36 @@ class ModelSpec:
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xsky.ModelSpec", dataclasses.astuple(self)[:-1])
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A small, picklable recipe to get a model in any process.
+
+    Attributes
+    ----------
+    name
+        Registry name, or ``None`` for a model that is only in this process's cache
+        (a wrapped module that was never registered).
+    weights
+        Local weights path given to ``create_model``, if any.
+    overrides
+        Keyword overrides given to ``create_model``, as sorted items.
+    sha256
+        Digest of the weights: the cache key, and a check that a worker rebuilt the same model.
+    spec
+        The model's spec.
+    """
+
+    name: str | None
+    weights: str | None
+    overrides: tuple[tuple[str, Any], ...]
+    sha256: str
+    spec: ModelSpec
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.spec.name, self.sha256)
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("xsky.ModelRef", self.name, self.weights, self.overrides, self.sha256)

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from ._geo import get_crs, grid_info, spatial_dims, write_crs
-from ._version import __version__
-from .exceptions import ChunkingError, DimensionError, XSkyError, format_choices
+from .._version import __version__
+from ..exceptions import ChunkingError, DimensionError, XSkyError, format_choices
+from ..geo import get_crs, grid_info, spatial_dims, write_crs
 
 if TYPE_CHECKING:
-    from .models.satclip import LocationEncoder
+    from ..models.satclip import LocationEncoder
 
 __all__ = ["EncoderRef", "location_embed", "location_embed_points", "resolve_location_encoder"]
 
@@ -90,7 +90,7 @@ def _register(enc: LocationEncoder, *, snapshot: bool = False) -> str:
     """
     import hashlib
 
-    from .models._base import state_dict_sha256
+    from ..models._base import state_dict_sha256
 
     # the features' convention is not in the state dict, so it goes into the key
     key = hashlib.sha256(f"{state_dict_sha256(enc)}:{enc.posenc.harmonics_calculation}"
@@ -103,13 +103,13 @@ def _register(enc: LocationEncoder, *, snapshot: bool = False) -> str:
 
 def _load_file(path: str, trust: bool) -> tuple[LocationEncoder, str]:
     """Encoder and weights digest of a checkpoint, read once per (file version, trust)."""
-    from .models.satclip import LocationEncoder
+    from ..models.satclip import LocationEncoder
 
     p = Path(path).expanduser().resolve()
     try:
         st = p.stat()
     except OSError:
-        from .exceptions import CheckpointError
+        from ..exceptions import CheckpointError
 
         raise CheckpointError(
             f"location-encoder checkpoint {str(p)!r} does not exist; pass the path of a local "
@@ -163,7 +163,7 @@ def resolve_location_encoder(
     trust
         Allow full unpickling of a checkpoint that needs it (only for trusted files).
     """
-    from .models.satclip import SATCLIP_MODELS, LocationEncoder, SatCLIPImageEncoder
+    from ..models.satclip import SATCLIP_MODELS, LocationEncoder, SatCLIPImageEncoder
 
     name: str | None = None
     if isinstance(model, SatCLIPImageEncoder):
