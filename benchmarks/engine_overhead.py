@@ -48,10 +48,10 @@ def bare_loop(ds, model, batch_size: int) -> tuple[float, np.ndarray]:
     """Embed with a plain loop: pad, cut windows, normalise, batch, run, stitch."""
     import torch
 
-    from xsky.api._inputs import convert_units
+    from xsky.modalities import conversion
 
     spec = model.spec
-    _, scale = convert_units("reflectance", spec.modalities[0].units, "s2")
+    scale = conversion("reflectance", spec.modalities[0].units, "s2").scale
     w, s = spec.window, spec.stride
     bands = spec.modalities[0].bands
     x = np.stack([ds[b].values for b in bands], axis=1).astype(np.float32)  # (T, C, Y, X)

@@ -258,7 +258,7 @@ def open_pair() -> tuple[xr.Dataset, xr.Dataset]:
     import pandas as pd
     import rioxarray
 
-    from xsky.io.bands import canonical_band
+    from xsky.modalities import canonical_band
 
     def read(path, like=None):
         a = rioxarray.open_rasterio(path).squeeze("band", drop=True)

@@ -25,7 +25,7 @@ ALLOWED = {
     "modalities": set(),
     "geo": set(),
     "plot": {"geo", "api"},
-    "cli": {"api", "io", "plot", "tutorial", "models", "geo"},
+    "cli": {"api", "io", "plot", "tutorial", "models", "geo", "modalities"},
 }
 BASE = {"exceptions", "_version", "_interop", "_coerce"}
 

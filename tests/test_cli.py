@@ -88,7 +88,7 @@ def test_embed_refuses_to_overwrite_and_reports_bad_input(items_file, tmp_path, 
     assert main([*base, "--out", str(out)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "a.zarr"), "--bbox", "1", "2", "3"]) == 2
-    assert "--bbox needs 4 numbers" in capsys.readouterr().err
+    assert "--bbox must be 4 numbers" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b.zarr"), "--bbox", "10,50,10.1,50.1"]) == 2
     assert "does not overlap any of the 6 items" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "c.zarr"), "--modality", "s1"]) == 2

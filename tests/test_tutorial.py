@@ -46,7 +46,7 @@ def test_snow_option_and_unknown_dataset():
     a = xsky.tutorial.open_dataset("romania")
     b = xsky.tutorial.open_dataset("romania", snow=True)
     assert b.valid.sum() - a.valid.sum() == (a.SCL == 11).sum()
-    with pytest.raises(xsky.XSkyError, match="available: 'romania'"):
+    with pytest.raises(xsky.ArgumentError, match="available: 'romania'"):
         xsky.tutorial.open_dataset("nowhere")
 
 

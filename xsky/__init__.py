@@ -43,7 +43,15 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:  # loaded on first use: they pull in odc-stac / torch / matplotlib
-    from . import engine, io, modalities, models, plot, runtime, testing, train, tutorial
+    from . import engine as engine
+    from . import io as io
+    from . import modalities as modalities
+    from . import models as models
+    from . import plot as plot
+    from . import runtime as runtime
+    from . import testing as testing
+    from . import train as train
+    from . import tutorial as tutorial
     from .io.stac import load_stac
 
 __all__ = [

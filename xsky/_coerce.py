@@ -186,7 +186,7 @@ def chunks_spec(text: str | None, dims: Sequence[str] = ("time", "y", "x")) -> d
     return out
 
 
-def bbox(value: Any) -> tuple[float, float, float, float] | None:
+def bbox(value: Any, name: str = "bbox") -> tuple[float, float, float, float] | None:
     """A lon/lat ``(min lon, min lat, max lon, max lat)`` box in degrees, or ``None``."""
     if value is None:
         return None
@@ -196,24 +196,24 @@ def bbox(value: Any) -> tuple[float, float, float, float] | None:
         vals = tuple(float(v) for v in value)
     except (TypeError, ValueError) as err:
         raise ArgumentError(
-            f"bbox must be 4 numbers (min lon, min lat, max lon, max lat), got {value!r}"
+            f"{name} must be 4 numbers (min lon, min lat, max lon, max lat), got {value!r}"
         ) from err
     if len(vals) != 4:
         raise ArgumentError(
-            f"bbox must be 4 numbers (min lon, min lat, max lon, max lat), got {len(vals)}: "
+            f"{name} must be 4 numbers (min lon, min lat, max lon, max lat), got {len(vals)}: "
             f"{value!r}"
         )
     x0, y0, x1, y1 = vals
     if not all(math.isfinite(v) for v in vals):
-        raise ArgumentError(f"bbox {value!r} contains NaN or inf")
+        raise ArgumentError(f"{name} {value!r} contains NaN or inf")
     if x0 >= x1 or y0 >= y1:
         raise ArgumentError(
-            f"bbox {value!r} is empty or inverted: expected (min lon, min lat, max lon, max lat) "
+            f"{name} {value!r} is empty or inverted: expected (min lon, min lat, max lon, max lat) "
             "with min < max"
         )
     if not (-180 <= x0 <= 180 and -180 <= x1 <= 180 and -90 <= y0 <= 90 and -90 <= y1 <= 90):
         raise ArgumentError(
-            f"bbox {value!r} is outside lon [-180, 180] / lat [-90, 90]; bbox is in degrees "
+            f"{name} {value!r} is outside lon [-180, 180] / lat [-90, 90]; {name} is in degrees "
             "(EPSG:4326), not in the CRS of the data"
         )
     return x0, y0, x1, y1

@@ -26,40 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from .exceptions import XSkyError
+from . import _coerce, modalities
+from .exceptions import ArgumentError, DataError, XSkyError
 
 __all__ = ["main"]
-
-
-def _bbox(values: Sequence[str]) -> tuple[float, float, float, float]:
-    parts = [p for v in values for p in v.replace(",", " ").split()]
-    if len(parts) != 4:
-        raise XSkyError(
-            f"--bbox needs 4 numbers (min lon, min lat, max lon, max lat), got {len(parts)}: "
-            f"{' '.join(values)!r}"
-        )
-    try:
-        x0, y0, x1, y1 = (float(p) for p in parts)
-    except ValueError as err:
-        raise XSkyError(f"--bbox values must be numbers, got {' '.join(values)!r}") from err
-    return x0, y0, x1, y1
-
-
-def _chunks(text: str | None) -> dict[str, int] | None:
-    """``"512"`` or ``"x=512,y=512,time=1"``."""
-    if text is None:
-        return None
-    try:
-        if "=" not in text:
-            n = int(text)
-            return {"y": n, "x": n}
-        out = {}
-        for part in text.split(","):
-            k, v = part.split("=")
-            out[k.strip()] = int(v)
-        return out
-    except ValueError as err:
-        raise XSkyError(f"--chunks must be an int or 'x=512,y=512,time=1', got {text!r}") from err
 
 
 def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: str | None) -> Any:
@@ -67,16 +37,14 @@ def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: 
     import numpy as np
 
     from .geo import get_crs, spatial_dims
-    from .io.stac import _coerce_bbox, _coerce_time
 
-    if time is not None:
-        rng = _coerce_time(time)
-        assert rng is not None
+    rng = _coerce.time_range(time)
+    if rng is not None:
         t0, t1 = rng
         tv = ds["time"].values.astype("datetime64[ns]")
         keep = (tv >= np.datetime64(t0.tz_localize(None))) & (tv <= np.datetime64(t1.tz_localize(None)))
         if not keep.any():
-            raise XSkyError(
+            raise DataError(
                 f"no date of the sample falls in --time {time!r}; it spans "
                 f"{str(tv.min())[:10]} .. {str(tv.max())[:10]}"
             )
@@ -84,7 +52,7 @@ def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: 
     if bbox is not None:
         from pyproj import Transformer
 
-        x0, y0, x1, y1 = _coerce_bbox(bbox)  # type: ignore[misc]
+        x0, y0, x1, y1 = bbox
         tr = Transformer.from_crs("EPSG:4326", get_crs(ds), always_xy=True)
         left, bottom, right, top = tr.transform_bounds(x0, y0, x1, y1, densify_pts=21)
         ydim, xdim = spatial_dims(ds)
@@ -92,7 +60,7 @@ def _crop_sample(ds: Any, bbox: tuple[float, float, float, float] | None, time: 
         ix = np.flatnonzero((xs >= left) & (xs <= right))
         iy = np.flatnonzero((ys >= bottom) & (ys <= top))
         if ix.size == 0 or iy.size == 0:
-            raise XSkyError(
+            raise DataError(
                 f"--bbox {bbox} does not overlap the sample (it covers x {xs.min():.0f}..{xs.max():.0f}, "
                 f"y {ys.min():.0f}..{ys.max():.0f} in its CRS); give lon/lat degrees"
             )
@@ -104,18 +72,19 @@ def _load(args: argparse.Namespace) -> Any:
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
-    bbox = _bbox(args.bbox) if args.bbox else None
+    bbox = _coerce.bbox(" ".join(args.bbox), "--bbox") if args.bbox else None
+    chunks = _coerce.chunks_spec(args.chunks)
     if args.sample:
         from . import tutorial
 
         ds = tutorial.open_dataset(args.sample, snow=args.snow)
         ds = _crop_sample(ds, bbox, args.time)
-        return ds.chunk(_chunks(args.chunks) or {"time": 1})
+        return ds.chunk(chunks or {"time": 1})
     from .io.stac import load_stac
 
     modality = args.modality or spec.modality_names[0]
     if modality not in spec.modality_names:
-        raise XSkyError(
+        raise ArgumentError(
             f"model {args.model!r} takes modalities {list(spec.modality_names)}, not "
             f"--modality {modality!r}"
         )
@@ -128,7 +97,7 @@ def _load(args: argparse.Namespace) -> Any:
         time=args.time,
         crs=args.crs,
         resolution=args.resolution,
-        chunks=_chunks(args.chunks),
+        chunks=chunks,
         snow=args.snow,
     )
 
@@ -140,7 +109,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise XSkyError(f"{str(out)!r} exists; pass --overwrite to replace it")
+        raise ArgumentError(f"{str(out)!r} exists; pass --overwrite to replace it")
     cube = _load(args)
     emb = embed(
         cube,
@@ -181,7 +150,7 @@ def _models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if not names:
-        raise XSkyError(f"no registered model matches {args.pattern!r}; try `xsky models`")
+        raise ArgumentError(f"no registered model matches {args.pattern!r}; try `xsky models`")
     for name in names:
         if not args.verbose:
             print(name)
@@ -215,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bbox", nargs="+", metavar="DEG",
                    help="min lon, min lat, max lon, max lat (degrees; spaces or commas)")
     e.add_argument("--time", metavar="START/END", help="time range, e.g. 2020-01-01/2020-06-30")
-    e.add_argument("--modality", choices=("s2", "s1", "hr"),
+    e.add_argument("--modality", choices=modalities.names(),
                    help="modality of the items (default: the model's first)")
     e.add_argument("--bands", help="comma-separated bands (default: the model's)")
     e.add_argument("--crs", help="output CRS (default: the items')")
@@ -225,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", metavar="PATH", help="local weights file for the model")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     e.add_argument("--batch-size", type=int, help="windows per forward pass")
-    e.add_argument("--edge", default="reflect", choices=("reflect", "pad"))
+    e.add_argument("--edge", default="reflect", choices=_coerce.EDGES)
     e.add_argument("--preview", metavar="PNG", help="also write a PCA false-colour PNG")
     e.add_argument("--overwrite", action="store_true", help="replace an existing store")
     e.add_argument("--no-progress", dest="progress", action="store_false",

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ._interop import require
-from .exceptions import DimensionError, XSkyError
+from .exceptions import ArgumentError, DataError, DimensionError
 from .geo import spatial_dims
 
 __all__ = ["pca_rgb", "plot", "prototypes", "save_preview"]
@@ -89,11 +89,11 @@ def prototypes(
     from matplotlib.patches import Patch
 
     if not isinstance(protos, xr.Dataset):
-        raise XSkyError(f"expected a prototypes xr.Dataset, got {type(protos).__name__}")
+        raise ArgumentError(f"expected a prototypes xr.Dataset, got {type(protos).__name__}")
     var = "assignment" if "assignment" in protos else "label" if "label" in protos else None
     if var is None:
-        raise XSkyError(
-            "this Dataset has no 'assignment' (or 'label') map to draw (prototypes read from disk "
+        raise DataError(
+            "this Dataset has no 'assignment'' (or 'label') map to draw (prototypes read from disk "
             "do not keep one); compute it with xsky.classify(emb, protos) and plot that"
         )
     amap = protos[var]
@@ -210,7 +210,7 @@ def plot(obj: xr.Dataset | xr.DataArray, ax: Any = None, **kwargs: Any) -> Any:
         ax.set_xlabel(xdim)
         ax.set_ylabel(ydim)
         return ax
-    raise XSkyError(
+    raise ArgumentError(
         f"xsky.plot draws a prototypes Dataset or an embedding DataArray with a 'feature' "
         f"dimension, got {type(obj).__name__}"
         + (f" with dims {obj.dims}" if isinstance(obj, xr.DataArray) else "")
@@ -258,7 +258,7 @@ def pca_rgb(emb: xr.DataArray, *, time: Any = None, n_sample: int = 20_000, seed
     flat = values.reshape(-1, nf)
     ok = np.isfinite(flat).all(axis=1)
     if not ok.any():
-        raise XSkyError("the embedding has no finite pixel to build a preview from")
+        raise DataError("the embedding has no finite pixel to build a preview from")
     rng = np.random.default_rng(seed)
     idx = np.flatnonzero(ok)
     fit = flat[rng.choice(idx, size=min(n_sample, idx.size), replace=False)]

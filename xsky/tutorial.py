@@ -10,7 +10,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-from .exceptions import XSkyError, format_choices
+from .exceptions import ArgumentError, format_choices
 
 __all__ = ["SCL_VALID", "available_datasets", "open_dataset", "valid_from_scl"]
 
@@ -64,7 +64,7 @@ def open_dataset(name: str = "romania", *, chunks: Any = None, snow: bool = Fals
     ['B02', 'B03', 'B04', 'B08', 'SCL', 'valid']
     """
     if name not in _DATASETS:
-        raise XSkyError(
+        raise ArgumentError(
             f"unknown tutorial dataset {name!r}; available: {format_choices(_DATASETS)}"
         )
     path = Path(str(resources.files("xsky") / "data" / _DATASETS[name][0]))

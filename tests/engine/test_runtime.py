@@ -61,8 +61,100 @@ def test_unknown_model_in_another_process_gives_a_clear_error():
                  window=16, stride=4, feature_dim=3)
     ref = model.ref
     cache.clear_cache()
-    with pytest.raises(xsky.XSkyError, match="preload"):
+    with pytest.raises(xsky.ModelError, match="preload"):
         cache.get_model(ref)
+
+
+@pytest.fixture
+def ckpt10(shared):
+    return shared / "conformance" / "satclip" / "satclip_public_L10.ckpt"
+
+
+def _location_ref(path, digest):
+    from xsky.models import LocationRef
+
+    return LocationRef(digest, str(path.resolve()), False, "satclip-location-l10", 10, 32)
+
+
+def test_image_models_and_location_encoders_share_the_one_cache(ckpt10):
+    from xsky.models import create_model
+
+    model_ref = create_model("test-tiny").ref
+    cache.clear_cache()
+    _, digest = cache.load_location_encoder(ckpt10)
+    loc_ref = _location_ref(ckpt10, digest)
+    model = cache.get_model(model_ref)
+    enc = cache.get_model(loc_ref)  # get_model dispatches on the kind of reference
+    assert enc is cache.get_location_encoder(loc_ref)
+    assert model is cache.get_model(model_ref)
+    assert cache.load_location_encoder(ckpt10)[0] is enc  # the file is read once
+    expected = {(*model_ref.key, "cpu"): 1, loc_ref.key: 1}
+    assert expected == cache.BUILDS
+    # clear_cache forgets both kinds: each is rebuilt once on next use
+    cache.clear_cache()
+    assert cache.BUILDS == {}
+    assert cache.get_model(model_ref) is not model
+    assert cache.get_model(loc_ref) is not enc
+    assert expected == cache.BUILDS
+    with pytest.raises(xsky.ArgumentError, match="CPU"):
+        cache.get_model(loc_ref, "cuda")
+
+
+def test_in_memory_location_encoders_are_snapshots_keyed_by_weights():
+    from xsky.models import LocationRef
+    from xsky.models.satclip import LocationEncoder
+
+    torch.manual_seed(0)
+    enc = LocationEncoder(legendre_polys=2, capacity=4, embed_dim=3).eval()
+    digest = cache.put_location_encoder(enc, snapshot=True)
+    ref = LocationRef(digest, None, False, "mine", 2, 3)
+    cached = cache.get_location_encoder(ref)
+    assert cached is not enc  # a private copy: later edits of enc cannot reach it
+    with torch.no_grad():
+        enc.nnet.last_layer.bias.add_(1.0)
+    assert cache.put_location_encoder(enc) != digest
+    assert cache.get_location_encoder(ref) is cached
+    # the harmonics convention changes the features, so it is part of the key
+    closed = LocationEncoder(legendre_polys=2, capacity=4, embed_dim=3,
+                             harmonics_calculation="closed-form").eval()
+    closed.load_state_dict(cached.state_dict())
+    assert cache.put_location_encoder(closed) != digest
+    # an in-memory encoder cannot be rebuilt where it was never registered
+    cache.clear_cache()
+    with pytest.raises(xsky.ModelError, match="exists only in the process"):
+        cache.get_location_encoder(ref)
+
+
+def test_a_changed_checkpoint_is_reread_and_a_digest_mismatch_is_reported(ckpt10, tmp_path):
+    import os
+    import shutil
+
+    path = tmp_path / "loc.ckpt"
+    shutil.copy(ckpt10, path)
+    cache.clear_cache()
+    _, digest = cache.load_location_encoder(path)
+    ref = _location_ref(path, digest)
+    cache.clear_cache()
+    with pytest.raises(xsky.CheckpointError, match="does not exist"):
+        cache.get_location_encoder(_location_ref(tmp_path / "missing.ckpt", digest))
+    # a worker whose copy of the file holds other weights refuses to compute with it
+    sd = torch.load(path, weights_only=True)
+    for k, v in sd["state_dict"].items():
+        if k.endswith("last_layer.bias"):
+            sd["state_dict"][k] = v + 1.0
+    torch.save(sd, path)
+    os.utime(path, ns=(1, 1))  # a different file version even on coarse-mtime file systems
+    with pytest.raises(xsky.CheckpointError, match="holds different weights"):
+        cache.get_location_encoder(ref)
+    assert cache.load_location_encoder(path)[1] != digest
+
+
+def test_preload_is_reachable_from_xsky_runtime():
+    pytest.importorskip("distributed")
+    import xsky.runtime
+    from xsky.runtime import plugin
+
+    assert xsky.runtime.preload is plugin.preload  # the name error messages point to
 
 
 def test_device_auto_runs_on_this_machine(cube):

@@ -179,3 +179,51 @@ def test_modality_spec_validates():
         ModalitySpec("s2", ("B02",), units="kelvin")
     with pytest.raises(xsky.XSkyError, match="positive"):
         ModalitySpec("s2", ("B02",), mean=(0.0,), std=(0.0,))
+
+
+def test_model_cards_are_registered_per_name():
+    card = xsky.models.get_model_card("test-tiny")
+    assert card.name == "test-tiny" and card.license == "Apache-2.0"
+    assert card.bands == get_model_spec("test-tiny").bands and card.weights == ()
+    sat = xsky.models.get_model_card("satclip-resnet18-l10")
+    assert sat.weights[0].name == "satclip-resnet18-l10.ckpt" and sat.weights[0].sha256 is None
+    assert get_model_spec("satclip-resnet18-l10").metadata["license"] == sat.license
+    # a model registered without a card gets a minimal one derived from its spec
+    net = torch.nn.Conv2d(4, 8, kernel_size=4, stride=4)
+    register_model("card-less-test", wrap(net, bands=["B02", "B03", "B04", "B08"], window=16,
+                                          stride=4, feature_dim=8), overwrite=True)
+    bare = xsky.models.get_model_card("card-less-test")
+    assert bare.name == "card-less-test" and bare.window == 16 and bare.license == ""
+    with pytest.raises(xsky.ArgumentError, match="card is for 'test-tiny'"):
+        register_model("other-name-test", lambda weights=None: None, card=card)
+
+
+def test_wrap_does_not_touch_the_runtime_cache():
+    from xsky.runtime import cache
+
+    cache.clear_cache()
+    model = wrap(torch.nn.Conv2d(4, 3, 4, stride=4), bands=["B02", "B03", "B04", "B08"],
+                 window=16, stride=4, feature_dim=3)
+    assert not cache._CACHE  # embed() puts it there when it is passed in
+    emb = xsky.embed(synthetic_s2_cube(16, 16, 1), model)
+    assert np.isfinite(emb.values).all()
+
+
+def test_shared_loader_reports_keys_and_checks_digests(tmp_path):
+    m = create_model("test-tiny")
+    sd = m.state_dict()
+    sd.pop("mix.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "tiny.pt"
+    torch.save(sd, path)
+    with pytest.raises(xsky.CheckpointError, match=r"mix\.bias.*extra\.weight"):
+        create_model("test-tiny", weights=path)
+    report = xsky.models.load_weights(create_model("test-tiny"), path, strict=False)
+    assert report.missing == ["mix.bias"] and report.unexpected == ["extra.weight"]
+    assert report.loaded == len(sd) - 1 and "mix.bias" in str(report)
+    with pytest.raises(xsky.CheckpointError, match="sha256"):
+        load_checkpoint(path, sha256="0" * 64)
+    assert isinstance(load_checkpoint(path, sha256=xsky.models.file_sha256(path)), dict)
+    torch.save({"mix.bias": torch.zeros(3)}, path)
+    with pytest.raises(xsky.CheckpointError, match=r"mix\.bias: file \(3,\) vs model \(16,\)"):
+        xsky.models.load_weights(create_model("test-tiny"), path, strict=False)

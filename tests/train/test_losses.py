@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from xsky.exceptions import XSkyError
+from xsky.exceptions import DimensionError
 from xsky.train import CLIPLoss, clip_loss
 from xsky.train.losses import INIT_LOGIT_SCALE
 
@@ -53,9 +53,9 @@ def test_clip_module_has_learnable_temperature_initialised_to_ln_1_over_0_07():
 
 
 def test_clip_loss_rejects_mismatched_batches():
-    with pytest.raises(XSkyError, match="same shape"):
+    with pytest.raises(DimensionError, match="same shape"):
         clip_loss(torch.zeros(4, 8), torch.zeros(3, 8))
-    with pytest.raises(XSkyError, match=r"\(N, D\)"):
+    with pytest.raises(DimensionError, match=r"\(N, D\)"):
         clip_loss(torch.zeros(4), torch.zeros(4))
-    with pytest.raises(XSkyError, match="at least 2"):
+    with pytest.raises(DimensionError, match="at least 2"):
         clip_loss(torch.zeros(1, 8), torch.zeros(1, 8))

@@ -14,24 +14,21 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .. import modalities
 from ..exceptions import (
+    ArgumentError,
     BandMismatchError,
     ChunkingError,
+    DataError,
     DimensionError,
-    XSkyError,
-    format_choices,
 )
 from ..geo import GridInfo, get_crs, grid_info
-from ..io.bands import canonical_band, match_bands
-from ..models import ModalitySpec
+from ..modalities import canonical_band, match_bands
+from ..models.spec import ModalitySpec
 
-__all__ = ["Cube", "convert_units", "prepare_cubes"]
+__all__ = ["Cube", "prepare_cubes"]
 
 _BAND_DIMS = ("band", "bands", "variable", "channel")
-_UNIT_ALIASES = {"reflectance": "reflectance", "dn": "dn", "db": "db", "decibel": "db",
-                 "linear": "linear", "rgb255": "rgb255", "1": "reflectance"}
-_MODALITY_ALIASES = {"sentinel2": "s2", "sentinel-2": "s2", "s2": "s2", "sentinel1": "s1",
-                     "sentinel-1": "s1", "s1": "s1", "hr": "hr", "highres": "hr"}
 
 
 @dataclass
@@ -52,67 +49,45 @@ class Cube:
     crs: Any
 
 
-def convert_units(have: str, want: str, modality: str) -> tuple[str, float]:
-    """``(conversion, scale)`` taking data in ``have`` units to a model's ``want`` units."""
-    if have == want:
-        return "none", 1.0
-    table = {
-        ("dn", "reflectance"): ("scale", 1e-4),
-        ("reflectance", "dn"): ("scale", 1e4),
-        ("linear", "db"): ("lin2db", 1.0),
-        ("db", "linear"): ("db2lin", 1.0),
-        ("reflectance", "rgb255"): ("scale", 255.0),
-        ("rgb255", "reflectance"): ("scale", 1 / 255.0),
-    }
-    if (have, want) not in table:
-        raise XSkyError(
-            f"modality {modality!r} is in units {have!r} but the model expects {want!r}, and "
-            "there is no conversion between them; pass units= to say what the data are in"
-        )
-    return table[(have, want)]
+def _table_entry(name: str) -> modalities.Modality | None:
+    """The table's entry for a model modality, or ``None`` for a name not in the table."""
+    return modalities.get(name) if name in modalities.names() else None
 
 
 def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None) -> str:
     if override is not None:
-        u = _UNIT_ALIASES.get(str(override).lower())
-        if u is None:
-            raise XSkyError(
-                f"units={override!r} is not understood; use one of "
-                f"{format_choices(set(_UNIT_ALIASES.values()))}"
-            )
-        return u
+        return modalities.normalise_units(override)
     attr = var.attrs.get("units")
-    if isinstance(attr, str) and attr.lower() in _UNIT_ALIASES:
-        return _UNIT_ALIASES[attr.lower()]
+    if isinstance(attr, str) and attr.strip().lower() in modalities.UNITS:
+        return modalities.UNITS[attr.strip().lower()]
+    entry = _table_entry(mod.name)
+    if entry is None:
+        return mod.units
     enc_dtype = var.encoding.get("dtype")
     stored_int = np.issubdtype(var.dtype, np.integer) or (
         enc_dtype is not None and np.issubdtype(np.dtype(enc_dtype), np.integer)
         and "scale_factor" not in var.encoding
     )
-    if mod.name == "s2":
-        return "dn" if stored_int else "reflectance"
-    if mod.name == "s1":
-        return "db"
-    if mod.name == "hr":
-        return "rgb255"
-    return mod.units
+    return entry.default_units(bool(stored_int))
 
 
 def _check_dtype(var: xr.DataArray, name: str, mod: ModalitySpec) -> None:
     dt = var.dtype
     if dt.kind == "b" or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
-        raise XSkyError(
+        raise DataError(
             f"band {name!r} has dtype {dt}; xsky needs integer or floating-point values "
             f"(convert with ds[{name!r}].astype('float32'))"
         )
-    if np.issubdtype(dt, np.integer) and dt.itemsize == 1 and mod.name in ("s2", "s1"):
-        raise XSkyError(
-            f"band {name!r} is {dt}: 8-bit integers overflow for {mod.name.upper()} values "
+    entry = _table_entry(mod.name)
+    bits = dt.itemsize * 8
+    if np.issubdtype(dt, np.integer) and entry is not None and bits < entry.min_int_bits:
+        raise DataError(
+            f"band {name!r} is {dt}: {bits}-bit integers overflow for {mod.name.upper()} values "
             "(Sentinel-2 DN reach 10 000 and more), so the data were probably clipped or wrapped; "
             "load it as uint16 or float32 reflectance"
         )
     if np.issubdtype(dt, np.integer) and dt.itemsize == 8:
-        raise XSkyError(
+        raise DataError(
             f"band {name!r} is {dt}: 64-bit integers cannot be converted to float32 exactly; "
             "convert with .astype('float32') after checking the value range"
         )
@@ -122,7 +97,7 @@ def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset
     if isinstance(obj, xr.Dataset):
         return obj
     if not isinstance(obj, xr.DataArray):
-        raise XSkyError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+        raise ArgumentError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
     bdim = next((d for d in _BAND_DIMS if d in obj.dims), None)
     valid = obj.coords.get("valid")
     if bdim is None:
@@ -219,7 +194,7 @@ def prepare_modality(
                 f"'valid' of {what} has dims {v.dims}; expected a subset of {order}"
             )
         if not (v.dtype == bool or np.issubdtype(v.dtype, np.number)):
-            raise XSkyError(f"'valid' of {what} must be boolean, got dtype {v.dtype}")
+            raise DataError(f"'valid' of {what} must be boolean, got dtype {v.dtype}")
         v = v.broadcast_like(first).transpose(*order)
         vd = v.data if isinstance(v.data, da.Array) else da.from_array(v.data)
         vd = (vd > 0.5) if vd.dtype != bool else vd  # NaN compares False: invalid
@@ -240,7 +215,7 @@ def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) 
     if "valid" in ds:
         finite = finite & (np.asarray(ds["valid"].values) > 0.5)
     if not finite.any():
-        raise XSkyError(
+        raise DataError(
             f"{what} has no valid pixel: every value is NaN or masked by 'valid'. Check the "
             "nodata value, the scaling and the cloud mask."
         )
@@ -252,13 +227,13 @@ def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.Dat
     if isinstance(obj, xr.DataTree):
         found: dict[str, Any] = {}
         for key, child in obj.children.items():
-            mod = _MODALITY_ALIASES.get(key.lower(), key)
+            mod = modalities.modality_of_node(key) or key
             if mod in names:
                 found[mod] = child.to_dataset()
         if not found and obj.has_data:
             found[names[0]] = obj.to_dataset()
         if not found:
-            raise XSkyError(
+            raise BandMismatchError(
                 f"the DataTree has nodes {list(obj.children)} but the model "
                 f"{model_spec.name!r} takes modalities {list(names)}; name the nodes after them "
                 "(xsky.stack(s2=..., s1=..., hr=...) builds such a tree)"
@@ -266,7 +241,7 @@ def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.Dat
     elif isinstance(obj, (xr.Dataset, xr.DataArray)):
         found = {_pick_modality(obj, model_spec): obj}
     else:
-        raise XSkyError(
+        raise ArgumentError(
             f"xsky.embed needs an xarray DataArray, Dataset or DataTree, got {type(obj).__name__}"
         )
     missing = [m for m in model_spec.required_modalities if m not in found]

@@ -1,45 +1,39 @@
-"""The public functions behind ``.sky``: they take and return xarray objects."""
+"""``xsky.embed``: a datacube through a foundation model, lazily.
+
+The steps read top to bottom: resolve the model → prepare the inputs (one
+:class:`~xsky.api._inputs.Cube` per modality) → plan windows on the global pixel grid →
+build the dask graph of block kernels → wrap the result as a georeferenced DataArray.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
+from .. import _coerce
 from .._version import __version__
-from ..exceptions import DimensionError, XSkyError, format_choices
+from ..exceptions import AlignmentError, ArgumentError, DimensionError
 from ..geo import GridInfo, write_crs
+from ..modalities import conversion
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+    from ..engine.kernel import BlockTask, ModalityInput
+    from ..engine.plan import AxisPlan
+    from ..models import EmbeddingModel
+    from ..models.spec import ModelSpec
+    from ._inputs import Cube
 
 __all__ = ["embed"]
 
-EDGES = ("reflect", "pad")
 
-
-def _coerce_batch_size(batch_size: Any, default: int) -> int:
-    if batch_size is None:
-        return default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise XSkyError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _coerce_resources(resources: Any) -> dict[str, float]:
-    if not isinstance(resources, Mapping) or not resources or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-        for k, v in resources.items()
-    ):
-        raise XSkyError(
-            f"resources must be a non-empty dict of resource name -> positive amount, such as "
-            f"{{'GPU': 1}}; got {resources!r}"
-        )
-    return {k: float(v) for k, v in resources.items()}
-
-
-def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
+def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> EmbeddingModel:
     from ..models import EmbeddingModel
 
     if isinstance(model, str):
@@ -49,7 +43,7 @@ def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
         return get_or_create(model, weights, **options)
     if isinstance(model, EmbeddingModel):
         if weights is not None or options:
-            raise XSkyError(
+            raise ArgumentError(
                 "weights/model options were given together with a ready model instance; pass "
                 "them to xsky.models.create_model instead, or pass the model's name"
             )
@@ -59,14 +53,14 @@ def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Any:
 
         put_model(model)
         return model
-    raise XSkyError(
+    raise ArgumentError(
         f"model must be a registered model name (see xsky.models.list_models()) or an "
         f"xsky.models.EmbeddingModel, got {type(model).__name__}; wrap plain torch modules "
         "with xsky.models.wrap(...)"
     )
 
 
-def _reference_grid(cubes: Mapping[str, Any], spec: Any) -> tuple[GridInfo, Any]:
+def _reference_grid(cubes: Mapping[str, Cube], spec: ModelSpec) -> tuple[GridInfo, Any]:
     """The output's reference grid (a grid_factor-1 modality, or a coarsened finer one)."""
     ref_mod = next((m for m in spec.modalities if m.name in cubes and m.grid_factor == 1), None)
     if ref_mod is None:
@@ -92,7 +86,7 @@ def _reference_grid(cubes: Mapping[str, Any], spec: Any) -> tuple[GridInfo, Any]
         tol = 1e-3 * abs(ref.dx)
         if (c.ny, c.nx) != want or abs(ratio_y - m.grid_factor) > 1e-6 or \
                 abs(y0 - ref.y0) > tol or abs(x0 - ref.x0) > tol:
-            raise DimensionError(
+            raise AlignmentError(
                 f"modality {m.name!r} is not aligned with {ref_mod.name!r}: it must be exactly "
                 f"{m.grid_factor}x finer on the same footprint (shape {want}), found shape "
                 f"{(c.ny, c.nx)} and a pixel-size ratio of {ratio_y:g}; align it with "
@@ -197,83 +191,24 @@ def embed(
     >>> emb.dims, emb.shape
     (('time', 'y', 'x', 'feature'), (4, 16, 16, 16))
     """
-    from ..engine.graph import build_embedding, build_valid_fraction, chunk_with_halo
-    from ..engine.kernel import BlockTask, ModalityInput
-    from ..engine.plan import plan_axis
-    from ..runtime.device import PRECISIONS, check_device
-
-    if edge not in EDGES:
-        raise XSkyError(f"edge={edge!r} is not supported; choose one of {format_choices(EDGES)}")
-    if precision not in PRECISIONS:
-        raise XSkyError(
-            f"precision={precision!r} is not supported; choose one of {format_choices(PRECISIONS)}"
-        )
-    device = check_device(device)
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)):
-        raise XSkyError(f"overlap must be an integer number of pixels, got {overlap!r}")
+    edge = _coerce.edge(edge)
+    precision = _coerce.precision(precision)
+    device = _coerce.device(device)
+    overlap = _coerce.overlap(overlap)
+    if resources is not None:
+        resources = _coerce.resources(resources)
     if device.startswith("cuda"):
         _check_cuda_reachable(device)
+
     net = _resolve_model(model, weights, model_options)
     spec = net.spec
-    batch = _coerce_batch_size(batch_size, spec.default_batch_size)
-
-    from ._inputs import convert_units, prepare_cubes
-
-    cubes = prepare_cubes(obj, spec, units=units)
-    ref, crs = _reference_grid(cubes, spec)
-    first = next(iter(cubes.values()))
-    g0 = spec.modality(first.name).grid_factor
-    target_y = max(1, first.bands[0].chunks[1][0] // g0)
-    target_x = max(1, first.bands[0].chunks[2][0] // g0)
-    py = plan_axis(ref.ny, spec.window, spec.stride, spec.output, int(overlap), target_y, ref.ydim)
-    px = plan_axis(ref.nx, spec.window, spec.stride, spec.output, int(overlap), target_x, ref.xdim)
-
-    mods, arrays = [], []
-    time_chunks = first.bands[0].chunks[0]
-    for m in spec.modalities:
-        if m.name not in cubes:
-            continue
-        cube = cubes[m.name]
-        conv, scale = convert_units(cube.units, m.units, m.name)
-        doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
-        mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor, conv, scale, m.mean,
-                                  m.std, doy, cube.nodata, cube.valid is not None))
-        n_t = cube.bands[0].shape[0]
-        tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
-        for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
-            arrays.append(chunk_with_halo(a, py, px, m.grid_factor, tch))
-    task = BlockTask(net.ref, tuple(mods), py, px, spec.fuses_time, spec.output,
-                     spec.feature_dim, device, batch, precision, edge)
-    if net.ref.name is None:
-        _preload_on_cluster(net)
-    if resources is not None:
-        import dask
-
-        with dask.annotate(resources=_coerce_resources(resources)):
-            data = build_embedding(arrays, task, time_chunks)
-    else:
-        data = build_embedding(arrays, task, time_chunks)
-
-    ycoord = ref.y_coords(0, spec.stride, py.n_out)
-    xcoord = ref.x_coords(0, spec.stride, px.n_out)
-    coords: dict[str, Any] = {ref.ydim: ycoord, ref.xdim: xcoord,
-                              "feature": np.arange(spec.feature_dim)}
-    dims: tuple[str, ...] = (ref.ydim, ref.xdim, "feature")
-    if not spec.fuses_time and first.time_dim is not None:
-        dims = ("time", *dims)
-        coords["time"] = first.time
-    elif not spec.fuses_time:
-        data = data[0]
-    fraction = _valid_fraction(cubes, spec, py, px, build_valid_fraction)
-    vf_dims: tuple[str, ...]
-    if spec.fuses_time or first.time_dim is None:
-        vf_dims = (ref.ydim, ref.xdim)
-    else:
-        vf_dims = ("time", ref.ydim, ref.xdim)
-    out = xr.DataArray(data, dims=dims, coords=coords, name="embedding")
-    out = out.assign_coords(valid_fraction=(vf_dims, fraction))
-    out = write_crs(out, crs)
-    out.attrs.update(_provenance(net, spec, edge, overlap, mods, device, precision))
+    batch = _coerce.optional_positive_int(batch_size, "batch_size", spec.default_batch_size)
+    cubes = _prepare(obj, spec, units)
+    plan = _plan(cubes, spec, overlap)
+    task, arrays = _task(net, cubes, plan, device=device, batch_size=batch,
+                         precision=precision, edge=edge)
+    data = _graph(arrays, task, plan, resources, net)
+    out = _wrap_result(data, cubes, plan, net, task, edge=edge, overlap=overlap)
     if geo_context is not None:
         from .geo_prototypes import geo_context as _geo_context
 
@@ -281,7 +216,109 @@ def embed(
     return out
 
 
-def _valid_fraction(cubes: Mapping[str, Any], spec: Any, py: Any, px: Any, build: Any) -> Any:
+# -- the steps of embed --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where the output lives and how windows cut the reference grid."""
+
+    ref: GridInfo
+    crs: Any
+    py: AxisPlan
+    px: AxisPlan
+    time_chunks: tuple[int, ...]
+
+
+def _prepare(obj: Any, spec: ModelSpec, units: Any) -> dict[str, Cube]:
+    from ._inputs import prepare_cubes
+
+    return prepare_cubes(obj, spec, units=units)
+
+
+def _plan(cubes: Mapping[str, Cube], spec: ModelSpec, overlap: int) -> _Plan:
+    from ..engine.plan import plan_axis
+
+    ref, crs = _reference_grid(cubes, spec)
+    first = next(iter(cubes.values()))
+    g0 = spec.modality(first.name).grid_factor
+    # chunk the output like the first modality's input (in reference pixels)
+    target_y = max(1, first.bands[0].chunks[1][0] // g0)
+    target_x = max(1, first.bands[0].chunks[2][0] // g0)
+    py = plan_axis(ref.ny, spec.window, spec.stride, spec.output, overlap, target_y, ref.ydim)
+    px = plan_axis(ref.nx, spec.window, spec.stride, spec.output, overlap, target_x, ref.xdim)
+    return _Plan(ref, crs, py, px, tuple(first.bands[0].chunks[0]))
+
+
+def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device: str,
+          batch_size: int, precision: str, edge: str) -> tuple[BlockTask, list[da.Array]]:
+    """The picklable per-task recipe, and the haloed input arrays in kernel order."""
+    from ..engine.graph import chunk_with_halo
+    from ..engine.kernel import BlockTask, ModalityInput
+
+    spec = net.spec
+    mods: list[ModalityInput] = []
+    arrays: list[da.Array] = []
+    for m in spec.modalities:
+        if m.name not in cubes:
+            continue
+        cube = cubes[m.name]
+        doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
+        mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor,
+                                  conversion(cube.units, m.units, m.name), m.mean, m.std, doy,
+                                  cube.nodata, cube.valid is not None))
+        n_t = cube.bands[0].shape[0]
+        tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
+        for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
+            arrays.append(chunk_with_halo(a, plan.py, plan.px, m.grid_factor, tch))
+    task = BlockTask(net.ref, tuple(mods), plan.py, plan.px, spec.fuses_time, spec.output,
+                     spec.feature_dim, device, batch_size, precision, edge)
+    return task, arrays
+
+
+def _graph(arrays: list[da.Array], task: BlockTask, plan: _Plan,
+           resources: Mapping[str, float] | None, net: EmbeddingModel) -> da.Array:
+    from ..engine.graph import build_embedding
+
+    if net.ref.name is None:
+        _preload_on_cluster(net)
+    if resources is None:
+        return build_embedding(arrays, task, plan.time_chunks)
+    import dask
+
+    with dask.annotate(resources=dict(resources)):
+        return build_embedding(arrays, task, plan.time_chunks)
+
+
+def _wrap_result(data: da.Array, cubes: Mapping[str, Cube], plan: _Plan, net: EmbeddingModel,
+                 task: BlockTask, *, edge: str, overlap: int) -> xr.DataArray:
+    """The lazy array as a georeferenced ``embedding`` with ``valid_fraction`` and provenance."""
+    from ..engine.graph import build_valid_fraction
+
+    spec, ref = net.spec, plan.ref
+    first = next(iter(cubes.values()))
+    coords: dict[str, Any] = {ref.ydim: ref.y_coords(0, spec.stride, plan.py.n_out),
+                              ref.xdim: ref.x_coords(0, spec.stride, plan.px.n_out),
+                              "feature": np.arange(spec.feature_dim)}
+    dims: tuple[str, ...] = (ref.ydim, ref.xdim, "feature")
+    per_date = not spec.fuses_time and first.time_dim is not None
+    if per_date:
+        dims = ("time", *dims)
+        coords["time"] = first.time
+    elif not spec.fuses_time:
+        data = data[0]
+    fraction = _valid_fraction(cubes, spec, plan.py, plan.px, build_valid_fraction)
+    vf_dims = ("time", ref.ydim, ref.xdim) if per_date else (ref.ydim, ref.xdim)
+    out = xr.DataArray(data, dims=dims, coords=coords, name="embedding")
+    out = out.assign_coords(valid_fraction=(vf_dims, fraction))
+    out = write_crs(out, plan.crs)
+    out.attrs.update(_provenance(net, spec, edge, overlap, task.modalities, task.device,
+                                 task.precision))
+    return out
+
+
+def _valid_fraction(cubes: Mapping[str, Cube], spec: ModelSpec, py: AxisPlan, px: AxisPlan,
+                    build: Any) -> Any:
     import dask.array as da
 
     fracs, weights = [], []
@@ -302,8 +339,8 @@ def _valid_fraction(cubes: Mapping[str, Any], spec: Any, py: Any, px: Any, build
     return (total / float(sum(weights))).astype(np.float32) if len(fracs) else da.zeros(())
 
 
-def _provenance(net: Any, spec: Any, edge: str, overlap: int, mods: Any, device: str,
-                precision: str) -> dict[str, Any]:
+def _provenance(net: EmbeddingModel, spec: ModelSpec, edge: str, overlap: int,
+                mods: tuple[ModalityInput, ...], device: str, precision: str) -> dict[str, Any]:
     norm = {m.name: {"bands": list(spec.modality(m.name).bands), "units":
                      spec.modality(m.name).units, "mean": m.mean, "std": m.std}
             for m in mods}
@@ -333,13 +370,13 @@ def _check_cuda_reachable(device: str) -> None:
 
         default_client()
     except (ImportError, ValueError):
-        raise XSkyError(
+        raise ArgumentError(
             f"device={device!r} was requested but no CUDA GPU is available here and no dask "
             "cluster is connected; use device='auto' (CPU here, GPU where present) or 'cpu'"
         ) from None
 
 
-def _preload_on_cluster(net: Any) -> None:
+def _preload_on_cluster(net: EmbeddingModel) -> None:
     """Ship an unregistered model to the workers of an active distributed client, once."""
     try:
         from distributed import default_client

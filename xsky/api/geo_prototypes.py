@@ -24,22 +24,39 @@ Conventions used throughout:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._coerce import positive_float, positive_int
 from .._interop import require
 from .._version import __version__
-from ..exceptions import DimensionError, XSkyError, format_choices
-from ..geo import get_crs, grid_info, pixel_lonlat, spatial_dims
+from ..engine.prototypes import (
+    Cube,
+    PrototypeBank,
+    classify_arrays,
+    context_array,
+    draw_sample,
+    fit_prototypes,
+    fit_regions,
+    region_counts,
+    sample_extents,
+    sinkhorn_knopp,
+)
+from ..engine.regions import SKYSENSE_GRID, Regions, label_map_array, regions_present
+from ..exceptions import (
+    AlignmentError,
+    ArgumentError,
+    DataError,
+    DimensionError,
+    format_choices,
+)
+from ..geo import get_crs, grid_info, spatial_dims
+from ..io.prototypes import as_prototypes_dataset, open_prototypes, save_prototypes
 
 __all__ = [
     "DEFAULT_SAMPLE",
@@ -54,190 +71,13 @@ __all__ = [
     "sinkhorn_knopp",
 ]
 
-#: The SkySense-like global preset: 64 x 64 lon/lat cells of 5.625 deg lon x 2.8125 deg lat
-#: (4,096 regions, each about 625 km x 312 km at the equator). The paper gives the count
-#: only; an equal-angle grid is the simplest split with that count.
-SKYSENSE_GRID: tuple[float, float] = (360.0 / 64, 180.0 / 64)
 
 #: Default maximum number of sampled pixels per region used to learn prototypes.
 DEFAULT_SAMPLE = 4096
 
 _REGION_CHOICES = ("grid", "skysense-4096", "global")
-_FAN_IN = 8  # blocks merged per task in the sampling tree reduction
-_LABEL_ROW_STEP = 1024  # rows of coordinates converted at once when listing grid cells
 
 _Sparse = Literal["raise", "drop"]
-
-
-# --------------------------------------------------------------------------------------
-# numpy kernels
-# --------------------------------------------------------------------------------------
-
-
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return m + np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True))
-
-
-def sinkhorn_knopp(scores: np.ndarray, epsilon: float = 0.05, n_iter: int = 3) -> np.ndarray:
-    """Balanced soft assignment of samples to prototypes (Sinkhorn-Knopp, as in SwAV).
-
-    Starting from ``exp(scores / epsilon)``, alternately rescales the columns (prototypes)
-    to equal mass and the rows (samples) to equal mass, ``n_iter`` times, in float64. Each
-    output row is a probability distribution over prototypes; with more iterations the
-    column sums approach ``n / k`` (an equipartition of the samples). It rescales
-    ``exp(scores / epsilon - max)`` directly, or works in the log domain when the scores
-    span so many multiples of ``epsilon`` that ``exp`` would underflow.
-
-    Parameters
-    ----------
-    scores
-        ``(n, k)`` similarities of ``n`` samples to ``k`` prototypes.
-    epsilon
-        Entropic regularisation: smaller is harder (closer to one-hot rows).
-    n_iter
-        Number of column/row normalisation rounds; ``0`` gives a row-wise softmax of
-        ``scores / epsilon``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, k)`` float64 assignment, rows summing to 1.
-
-    Examples
-    --------
-    >>> q = sinkhorn_knopp(np.array([[1.0, 0.0], [0.9, 0.1]]), epsilon=0.5, n_iter=50)
-    >>> np.round(q.sum(axis=0), 3)
-    array([1., 1.])
-    """
-    s = np.asarray(scores, dtype="float64")
-    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
-        raise DimensionError(
-            f"sinkhorn_knopp needs a non-empty 2-D (samples, prototypes) score matrix, "
-            f"got shape {s.shape}"
-        )
-    if not np.all(np.isfinite(s)):
-        raise XSkyError("sinkhorn_knopp got NaN or inf scores; drop invalid samples first")
-    _check_positive("epsilon", epsilon)
-    if int(n_iter) != n_iter or n_iter < 0:
-        raise XSkyError(f"n_iter must be a non-negative integer, got {n_iter!r}")
-    z = s / float(epsilon)
-    if z.max() - z.min() < _EXP_RANGE:
-        return _sinkhorn_exp(z, int(n_iter))
-    return _sinkhorn_log(z, int(n_iter))
-
-
-_EXP_RANGE = 600.0  # exp(-600) is still a normal float64: no entry of exp(z - max) underflows
-
-
-def _sinkhorn_exp(z: np.ndarray, n_iter: int) -> np.ndarray:
-    """Sinkhorn-Knopp by rescaling ``exp(z - max)`` (fast; for a moderate range of ``z``)."""
-    n, k = z.shape
-    q = np.exp(z - z.max())
-    for _ in range(n_iter):
-        q /= q.sum(axis=0, keepdims=True) * k  # each prototype: mass 1/k
-        q /= q.sum(axis=1, keepdims=True) * n  # each sample: mass 1/n
-    q /= q.sum(axis=1, keepdims=True)  # rows sum to 1 (the softmax when n_iter == 0)
-    return q
-
-
-def _sinkhorn_log(z: np.ndarray, n_iter: int) -> np.ndarray:
-    """The same in the log domain, for tiny ``epsilon`` where ``exp`` would underflow."""
-    n, k = z.shape
-    log_q = z
-    for _ in range(n_iter):
-        log_q = log_q - _logsumexp(log_q, axis=0) - math.log(k)
-        log_q = log_q - _logsumexp(log_q, axis=1) - math.log(n)
-    return np.exp(log_q - _logsumexp(log_q, axis=1))
-
-
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Seeded greedy k-means++ seeding on unit vectors (squared chord distance ``2 - 2 cos``).
-
-    Each step draws ``2 + log(k)`` candidates with probability proportional to the squared
-    distance to the nearest centre and keeps the one that lowers the total most (as
-    scikit-learn does); this avoids most of plain k-means++'s bad starts.
-    """
-    n = x.shape[0]
-    trials = 2 + int(math.log(k))
-    chosen = [int(rng.integers(n))]
-    d2 = np.clip(2.0 - 2.0 * (x @ x[chosen[0]]), 0.0, None)
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:  # all remaining points coincide with a centre: pick any unused row
-            free = np.setdiff1d(np.arange(n), chosen)
-            idx = int(free[rng.integers(free.size)])
-            chosen.append(idx)
-            continue
-        cand = np.searchsorted(np.cumsum(d2), rng.uniform(size=trials) * total)
-        cand = np.minimum(cand, n - 1)
-        cand_d2 = np.minimum(d2[None, :], np.clip(2.0 - 2.0 * (x[cand] @ x.T), 0.0, None))
-        best = int(np.argmin(cand_d2.sum(axis=1)))
-        chosen.append(int(cand[best]))
-        d2 = cand_d2[best]
-    return x[chosen].copy()
-
-
-def fit_prototypes(
-    samples: np.ndarray,
-    k: int,
-    *,
-    iterations: int = 30,
-    epsilon: float = 0.05,
-    momentum: float = 0.5,
-    sinkhorn_iterations: int = 3,
-    seed: int | Sequence[int] = 0,
-) -> np.ndarray:
-    """Learn ``k`` unit-norm prototypes of ``samples`` (one region), in float64.
-
-    Rows are L2-normalised; prototypes start from a seeded k-means++ draw of the rows.
-    Each iteration computes cosine similarities, balanced soft assignments with
-    :func:`sinkhorn_knopp`, and moves every prototype to the EMA
-    ``momentum * old + (1 - momentum) * assignment-weighted mean``, renormalised.
-
-    Parameters
-    ----------
-    samples
-        ``(n, D)`` features (finite, non-zero rows), ``n >= k``.
-    k
-        Number of prototypes.
-    iterations, epsilon, momentum, sinkhorn_iterations
-        Number of update steps, Sinkhorn regularisation, EMA momentum in ``[0, 1)``, and
-        Sinkhorn rounds per step.
-    seed
-        Seed (or seed sequence) of the k-means++ initialisation.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(k, D)`` float64 prototypes with unit norm.
-    """
-    x = _normalise_rows(np.asarray(samples, dtype="float64"))
-    if x.ndim != 2:
-        raise DimensionError(f"samples must be 2-D (n, feature), got shape {x.shape}")
-    k = _check_k(k)
-    if x.shape[0] < k:
-        raise XSkyError(
-            f"cannot learn k={k} prototypes from {x.shape[0]} samples; lower k or give more samples"
-        )
-    if not 0.0 <= momentum < 1.0:
-        raise XSkyError(f"momentum must be in [0, 1), got {momentum!r}")
-    rng = np.random.default_rng(seed)
-    c = _kmeans_pp(x, k, rng)
-    for _ in range(int(iterations)):
-        q = sinkhorn_knopp(x @ c.T, epsilon, sinkhorn_iterations)
-        mass = q.sum(axis=0)
-        means = (q.T @ x) / np.where(mass > 0, mass, 1.0)[:, None]
-        moved = momentum * c + (1.0 - momentum) * means
-        # A prototype that received no mass keeps its place.
-        c = _normalise_rows(np.where((mass > 0)[:, None], moved, c))
-    return c
 
 
 # --------------------------------------------------------------------------------------
@@ -245,20 +85,20 @@ def fit_prototypes(
 # --------------------------------------------------------------------------------------
 
 
-def _check_positive(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise XSkyError(f"{name} must be a positive number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise XSkyError(f"{name} must be a positive number, got {value!r}")
-    return v
-
-
 def _check_k(k: Any) -> int:
-    if k is None or isinstance(k, bool) or int(k) != k or k < 1:
-        raise XSkyError(f"k (prototypes per region) must be a positive integer, got {k!r}")
-    return int(k)
+    return positive_int(k, "k (prototypes per region)")
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _momentum(value: Any) -> float:
+    if not 0.0 <= float(value) < 1.0:
+        raise ArgumentError(f"momentum must be in [0, 1), got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -284,16 +124,21 @@ class _Embedding:
     def xv(self) -> np.ndarray:
         return np.asarray(self.da[self.xdim].values, "float64")
 
+    @property
+    def cube(self) -> Cube:
+        """The arrays the engine works on."""
+        return Cube(self.da.data, self.yv, self.xv, self.crs_wkt, self.tdim is not None)
+
 
 def _coerce_embedding(emb: Any) -> _Embedding:
     if isinstance(emb, xr.Dataset):
         names = list(emb.data_vars)
-        raise XSkyError(
+        raise ArgumentError(
             "expected an embedding xr.DataArray, got an xr.Dataset with variables "
             f"{names}; pick one, e.g. ds['embedding']"
         )
     if not isinstance(emb, xr.DataArray):
-        raise XSkyError(f"expected an embedding xr.DataArray, got {type(emb).__name__}")
+        raise ArgumentError(f"expected an embedding xr.DataArray, got {type(emb).__name__}")
     ydim, xdim = spatial_dims(emb)
     if "feature" not in emb.dims:
         raise DimensionError(
@@ -308,7 +153,7 @@ def _coerce_embedding(emb: Any) -> _Embedding:
             f"e.g. emb.isel({extra[0]}=0)"
         )
     if not np.issubdtype(emb.dtype, np.floating):
-        raise XSkyError(
+        raise DataError(
             f"embedding {emb.name!r} has dtype {emb.dtype}, expected float; "
             "cast it with emb.astype('float32')"
         )
@@ -337,13 +182,13 @@ def _check_aligned(obj: xr.DataArray, emb: _Embedding, what: str) -> None:
             b = np.asarray(emb.da[d].values, "float64")
             step = abs(b[1] - b[0]) if b.size > 1 else 1.0
             if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6 * step):
-                raise DimensionError(
+                raise AlignmentError(
                     f"{what} is not aligned with the embedding along {d!r} ({a.size} vs "
                     f"{b.size} pixels, or different coordinates); put it on the embedding "
                     f"grid, e.g. {what}.reindex_like(emb, method='nearest')"
                 )
         elif obj.sizes[d] != emb.da.sizes[d]:
-            raise DimensionError(
+            raise AlignmentError(
                 f"{what} has {obj.sizes[d]} pixels along {d!r}, the embedding "
                 f"{emb.da.sizes[d]}; they must be on the same grid"
             )
@@ -354,113 +199,46 @@ def _check_aligned(obj: xr.DataArray, emb: _Embedding, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Regions:
-    """How pixels map to regions: a lon/lat ``grid``, one ``global`` region, or ``labels``."""
-
-    kind: Literal["grid", "global", "labels"]
-    dlon: float = 0.0
-    dlat: float = 0.0
-    name: str = ""
-
-    @property
-    def ncols(self) -> int:
-        return math.ceil(360.0 / self.dlon - 1e-9)
-
-    @property
-    def nrows(self) -> int:
-        return math.ceil(180.0 / self.dlat - 1e-9)
-
-    def ids_from_lonlat(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        """Grid cell ids (``-1`` where lon/lat is not finite, e.g. outside a projection)."""
-        ok = np.isfinite(lon) & np.isfinite(lat)
-        lon = np.where(ok, lon, 0.0)
-        lat = np.where(ok, lat, 0.0)
-        col = np.clip(np.floor((lon + 180.0) / self.dlon), 0, self.ncols - 1).astype("int64")
-        row = np.clip(np.floor((lat + 90.0) / self.dlat), 0, self.nrows - 1).astype("int64")
-        return np.where(ok, row * self.ncols + col, -1)
-
-    def ids(self, xs: np.ndarray, ys: np.ndarray, crs_wkt: str) -> np.ndarray:
-        """Region id of every pixel of the grid spanned by ``xs`` and ``ys`` (``(ny, nx)``)."""
-        if self.kind == "global":
-            return np.zeros((len(ys), len(xs)), "int64")
-        lon, lat = pixel_lonlat(xs, ys, crs_wkt)
-        return self.ids_from_lonlat(lon, lat)
-
-    def bounds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        ids = np.asarray(ids, "int64")
-        if self.kind == "global":
-            one = np.ones(ids.shape)
-            return {
-                "lon_min": -180 * one,
-                "lon_max": 180 * one,
-                "lat_min": -90 * one,
-                "lat_max": 90 * one,
-            }
-        if self.kind == "labels":
-            nan = np.full(ids.shape, np.nan)
-            return {
-                "lon_min": nan,
-                "lon_max": nan.copy(),
-                "lat_min": nan.copy(),
-                "lat_max": nan.copy(),
-            }
-        row, col = np.divmod(ids, self.ncols)
-        lon_min = -180.0 + col * self.dlon
-        lat_min = -90.0 + row * self.dlat
-        return {
-            "lon_min": lon_min,
-            "lon_max": np.minimum(lon_min + self.dlon, 180.0),
-            "lat_min": lat_min,
-            "lat_max": np.minimum(lat_min + self.dlat, 90.0),
-        }
-
-    def attrs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"regions": self.kind}
-        if self.kind == "grid":
-            out["grid"] = self.name
-            out["cell_size"] = (self.dlon, self.dlat)
-        return out
-
-
 def _coerce_regions(
     regions: Any, cell_size: Any, default: str
-) -> tuple[_Regions, xr.DataArray | None]:
+) -> tuple[Regions, xr.DataArray | None]:
     if regions is None:
         regions = default
     if isinstance(regions, xr.DataArray):
         if cell_size is not None:
-            raise XSkyError("cell_size applies to regions='grid' only, not to a region label map")
-        return _Regions("labels"), regions
+            raise ArgumentError(
+                "cell_size applies to regions='grid' only, not to a region label map"
+            )
+        return Regions("labels"), regions
     if not isinstance(regions, str) or regions not in _REGION_CHOICES:
-        raise XSkyError(
+        raise ArgumentError(
             f"unknown regions {regions!r}; choose one of {format_choices(_REGION_CHOICES)} or "
             "pass an integer region label map (y, x) as an xr.DataArray"
         )
     if regions == "global":
         if cell_size is not None:
-            raise XSkyError("cell_size applies to regions='grid' only, not to 'global'")
-        return _Regions("global"), None
+            raise ArgumentError("cell_size applies to regions='grid' only, not to 'global'")
+        return Regions("global"), None
     if regions == "skysense-4096" or cell_size is None:
         if regions == "skysense-4096" and cell_size is not None:
-            raise XSkyError("regions='skysense-4096' has a fixed cell size; drop cell_size")
-        return _Regions("grid", *SKYSENSE_GRID, name="skysense-4096"), None
+            raise ArgumentError("regions='skysense-4096' has a fixed cell size; drop cell_size")
+        return Regions("grid", *SKYSENSE_GRID, name="skysense-4096"), None
     if np.ndim(cell_size) == 0:
         cell_size = (cell_size, cell_size)
     if len(cell_size) != 2:
-        raise XSkyError(f"cell_size must be (dlon, dlat) in degrees, got {cell_size!r}")
-    dlon = _check_positive("cell_size dlon", cell_size[0])
-    dlat = _check_positive("cell_size dlat", cell_size[1])
+        raise ArgumentError(f"cell_size must be (dlon, dlat) in degrees, got {cell_size!r}")
+    dlon = positive_float(cell_size[0], "cell_size dlon")
+    dlat = positive_float(cell_size[1], "cell_size dlat")
     if dlon > 360 or dlat > 180:
-        raise XSkyError(
+        raise ArgumentError(
             f"cell_size {cell_size!r} is larger than the globe (360 x 180 degrees); use "
             "regions='global' for a single region"
         )
-    return _Regions("grid", dlon, dlat, name="custom"), None
+    return Regions("grid", dlon, dlat, name="custom"), None
 
 
 def _label_map(
-    regions: _Regions, rmap: xr.DataArray | None, emb: _Embedding, what: str = "regions"
+    regions: Regions, rmap: xr.DataArray | None, emb: _Embedding, what: str = "regions"
 ) -> da.Array | None:
     """The region label map as an int64 dask array on the embedding's (y, x) chunks."""
     if rmap is None:
@@ -473,16 +251,8 @@ def _label_map(
             f"({emb.ydim}, {emb.xdim})"
         )
     if not (np.issubdtype(rmap.dtype, np.integer) or np.issubdtype(rmap.dtype, np.floating)):
-        raise XSkyError(f"the region label map has dtype {rmap.dtype}, expected integers")
-    data = rmap.transpose(emb.ydim, emb.xdim).data
-    arr = da.asarray(data)
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = da.where(da.isfinite(arr), arr, -1)
-    arr = arr.astype("int64")
-    arr = da.where(arr < 0, -1, arr)  # negative / NaN: no region
-    chunks = emb.data.chunks
-    t = 1 if emb.tdim else 0
-    return arr.rechunk((chunks[t], chunks[t + 1]))
+        raise DataError(f"the region label map has dtype {rmap.dtype}, expected integers")
+    return label_map_array(rmap.transpose(emb.ydim, emb.xdim).data, emb.cube.yx_chunks)
 
 
 def region_ids(emb: xr.DataArray, *, regions: Any = None, cell_size: Any = None) -> xr.DataArray:
@@ -508,180 +278,10 @@ def region_ids(emb: xr.DataArray, *, regions: Any = None, cell_size: Any = None)
     return _region_map_da(e, reg, _label_map(reg, rmap, e))
 
 
-def _region_map_da(e: _Embedding, reg: _Regions, rmap: da.Array | None) -> xr.DataArray:
-    if rmap is None:
-        t = 1 if e.tdim else 0
-        ch = e.data.chunks
-        ys = da.from_array(e.yv, chunks=(ch[t],))
-        xs = da.from_array(e.xv, chunks=(ch[t + 1],))
-        rmap = da.blockwise(
-            _grid_ids_block,
-            "yx",
-            ys,
-            "y",
-            xs,
-            "x",
-            dtype="int64",
-            regions=reg,
-            crs_wkt=e.crs_wkt,
-            meta=np.empty((0, 0), "int64"),
-        )
+def _region_map_da(e: _Embedding, reg: Regions, rmap: da.Array | None) -> xr.DataArray:
+    data = e.cube.region_map(reg, rmap)
     coords = {c: e.da[c] for c in e.da.coords if set(e.da[c].dims) <= {e.ydim, e.xdim}}
-    return xr.DataArray(rmap, dims=(e.ydim, e.xdim), coords=coords, name="region_map")
-
-
-def _grid_ids_block(ys: np.ndarray, xs: np.ndarray, regions: _Regions, crs_wkt: str) -> np.ndarray:
-    return regions.ids(xs, ys, crs_wkt)
-
-
-# --------------------------------------------------------------------------------------
-# sampling: a chunk-independent, stratified bottom-k sample in one streamed pass
-# --------------------------------------------------------------------------------------
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _hash(index: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of the global pixel index mixed with the seed (wrapping uint64 maths)."""
-    z = np.asarray(index, "uint64") + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-def _bottom(r: np.ndarray, h: np.ndarray, g: np.ndarray, sample: int) -> np.ndarray:
-    """Indices of the ``sample`` smallest hashes per region, sorted by (region, hash, index)."""
-    if r.size == 0:
-        return np.zeros(0, "int64")
-    order = np.lexsort((g, h, r))
-    rs = r[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(rs)) + 1]
-    sizes = np.diff(np.r_[starts, rs.size])
-    rank = np.arange(rs.size) - np.repeat(starts, sizes)
-    return order[rank < sample]
-
-
-def _empty_part(d: int) -> dict[str, np.ndarray]:
-    return {
-        "r": np.zeros(0, "int64"),
-        "h": np.zeros(0, "uint64"),
-        "g": np.zeros(0, "uint64"),
-        "x": np.zeros((0, d), "float32"),
-        "cr": np.zeros(0, "int64"),
-        "cn": np.zeros(0, "int64"),
-        "er": np.zeros(0, "int64"),
-        "ext": np.zeros((0, 4), "float64"),
-    }
-
-
-def _sample_block(
-    block: np.ndarray,
-    rblock: np.ndarray | None,
-    offset: tuple[int, int, int],
-    shape: tuple[int, int, int],
-    ys: np.ndarray,
-    xs: np.ndarray,
-    regions: _Regions,
-    crs_wkt: str,
-    seed: int,
-    sample: int,
-) -> dict[str, np.ndarray]:
-    d = block.shape[-1]
-    b = block.reshape((-1, *block.shape[-3:]))  # (T, ny, nx, D)
-    rid = regions.ids(xs, ys, crs_wkt) if rblock is None else np.asarray(rblock, "int64")
-    part = _empty_part(d)
-    if regions.kind == "labels":  # lon/lat extent of each label region seen in this block
-        lon, lat = pixel_lonlat(xs, ys, crs_wkt)
-        inside = rid >= 0
-        er, inv = np.unique(rid[inside], return_inverse=True)
-        ext = np.empty((er.size, 4))
-        for j, (a, f) in enumerate(
-            ((lon, np.minimum), (lon, np.maximum), (lat, np.minimum), (lat, np.maximum))
-        ):
-            init = np.inf if f is np.minimum else -np.inf
-            col = np.full(er.size, init)
-            f.at(col, inv, a[inside])
-            ext[:, j] = col
-        part["er"], part["ext"] = er, ext
-    finite = np.isfinite(b).all(axis=-1) & np.any(b != 0, axis=-1)
-    valid = finite & (rid >= 0)[None]
-    ti, yi, xi = np.nonzero(valid)
-    if ti.size == 0:
-        return part
-    t0, y0, x0 = offset
-    _, ny, nx = shape
-    g = ((ti + t0).astype("uint64") * np.uint64(ny) + (yi + y0).astype("uint64")) * np.uint64(
-        nx
-    ) + (xi + x0).astype("uint64")
-    h = _hash(g, seed)
-    r = rid[yi, xi]
-    part["cr"], part["cn"] = np.unique(r, return_counts=True)
-    keep = _bottom(r, h, g, sample)
-    part.update(
-        r=r[keep], h=h[keep], g=g[keep], x=b[ti[keep], yi[keep], xi[keep]].astype("float32")
-    )
-    return part
-
-
-def _merge_parts(*parts: dict[str, np.ndarray], sample: int) -> dict[str, np.ndarray]:
-    cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    keep = _bottom(cat["r"], cat["h"], cat["g"], sample)
-    out = {key: cat[key][keep] for key in ("r", "h", "g", "x")}
-    cr, inv = np.unique(cat["cr"], return_inverse=True)
-    cn = np.zeros(cr.size, "int64")
-    np.add.at(cn, inv, cat["cn"])
-    out["cr"], out["cn"] = cr, cn
-    er, inv = np.unique(cat["er"], return_inverse=True)
-    ext = np.empty((er.size, 4))
-    for j, f in enumerate((np.minimum, np.maximum, np.minimum, np.maximum)):
-        col = np.full(er.size, np.inf if f is np.minimum else -np.inf)
-        f.at(col, inv, cat["ext"][:, j])
-        ext[:, j] = col
-    out["er"], out["ext"] = er, ext
-    return out
-
-
-def _draw_sample(
-    e: _Embedding, regions: _Regions, rmap: da.Array | None, seed: int, sample: int
-) -> dict[str, np.ndarray]:
-    """Compute the per-region sample with one dask compute over the embedding blocks."""
-    arr = e.data if e.tdim else e.data[None]
-    chunks = arr.chunks
-    offs = [np.r_[0, np.cumsum(c)[:-1]] for c in chunks[:3]]
-    shape = tuple(int(s) for s in arr.shape[:3])
-    blocks = arr.to_delayed()
-    rblocks = rmap.to_delayed() if rmap is not None else None
-    yv, xv = e.yv, e.xv
-    fn = dask.delayed(_sample_block, pure=True)
-    parts = []
-    for bt in range(len(chunks[0])):
-        for by in range(len(chunks[1])):
-            ysl = slice(offs[1][by], offs[1][by] + chunks[1][by])
-            for bx in range(len(chunks[2])):
-                xsl = slice(offs[2][bx], offs[2][bx] + chunks[2][bx])
-                rb = None if rblocks is None else rblocks[by, bx]
-                parts.append(
-                    fn(
-                        blocks[bt, by, bx, 0],
-                        rb,
-                        (int(offs[0][bt]), int(offs[1][by]), int(offs[2][bx])),
-                        shape,
-                        yv[ysl],
-                        xv[xsl],
-                        regions,
-                        e.crs_wkt,
-                        seed,
-                        sample,
-                    )
-                )
-    merge = dask.delayed(partial(_merge_parts, sample=sample), pure=True)
-    while len(parts) > 1:
-        parts = [merge(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
-    if len(parts) == 1:  # a single block still goes through one merge (counts, extents)
-        parts = [merge(parts[0])]
-    (result,) = dask.compute(parts[0])
-    return result
+    return xr.DataArray(data, dims=(e.ydim, e.xdim), coords=coords, name="region_map")
 
 
 # --------------------------------------------------------------------------------------
@@ -689,115 +289,27 @@ def _draw_sample(
 # --------------------------------------------------------------------------------------
 
 
-def _region_scores(
-    block: np.ndarray, ridx: np.ndarray, protos: np.ndarray
-) -> tuple[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Cosine similarities of each valid pixel to its region's prototypes.
-
-    Returns the number of pixels ``M`` in the (flattened) block and, per region present,
-    ``(pixel positions, (m, k) scores, (k, D) unit prototypes)``. Scores of non-finite
-    prototypes (classes absent from a region) are ``-inf``. Only the regions present are
-    converted to float64, so a large prototype bank is never copied whole.
-    """
-    d = block.shape[-1]
-    x = block.reshape(-1, d)
-    r = np.broadcast_to(ridx, block.shape[:-1]).reshape(-1)
-    with np.errstate(invalid="ignore", over="ignore"):
-        norm = np.linalg.norm(x.astype("float64"), axis=-1)
-    ok = np.isfinite(norm) & (norm > 0) & (r >= 0)
-    out = []
-    for ri in np.unique(r[ok]):
-        pos = np.flatnonzero(ok & (r == ri))
-        p = np.asarray(protos[ri], "float64")
-        pvalid = np.isfinite(p).all(axis=-1)
-        pn = _normalise_rows(np.where(pvalid[:, None], p, 0.0))
-        s = (x[pos].astype("float64") / norm[pos, None]) @ pn.T
-        s[:, ~pvalid] = -np.inf
-        out.append((pos, s, pn))
-    return x.shape[0], out
-
-
-def _region_index(rid: np.ndarray, region_values: np.ndarray) -> np.ndarray:
-    """Position of each region id in the prototypes' sorted ``region`` axis (``-1``: none)."""
-    order = np.argsort(region_values, kind="stable")
-    vals = region_values[order]
-    pos = np.clip(np.searchsorted(vals, rid), 0, max(vals.size - 1, 0))
-    hit = (vals.size > 0) & (vals[pos] == rid) & (rid >= 0)
-    return np.where(hit, order[pos], -1)
-
-
-def _pixel_regions(rblock, ys, xs, regions, crs_wkt, region_values) -> np.ndarray:
-    rid = regions.ids(xs, ys, crs_wkt) if rblock is None else np.asarray(rblock, "int64")
-    return _region_index(rid, region_values)
-
-
-def _classify_block(
-    block, ys, xs, protos, labels, rblock=None, *, regions, crs_wkt, region_values
-) -> np.ndarray:
-    ridx = _pixel_regions(rblock, ys, xs, regions, crs_wkt, region_values)
-    m, per_region = _region_scores(block, ridx, protos)
-    lab = np.full(m, -1.0)
-    sim = np.full(m, np.nan)
-    for pos, s, _ in per_region:
-        best = np.argmax(s, axis=1)
-        top = s[np.arange(pos.size), best]
-        fin = np.isfinite(top)  # -inf: the region has no usable prototype
-        lab[pos[fin]] = labels[best[fin]]
-        sim[pos[fin]] = top[fin]
-    return np.stack([lab, sim], axis=-1).reshape((*block.shape[:-1], 2))
-
-
-def _context_block(
-    block, ys, xs, protos, rblock=None, *, regions, crs_wkt, region_values, temperature
-) -> np.ndarray:
-    ridx = _pixel_regions(rblock, ys, xs, regions, crs_wkt, region_values)
-    m, per_region = _region_scores(block, ridx, protos)
-    out = np.full((m, block.shape[-1]), np.nan)
-    for pos, s, pn in per_region:
-        z = s / temperature
-        top = z.max(axis=1, keepdims=True)
-        if not np.all(np.isfinite(top)):
-            continue  # no usable prototype in this region
-        w = np.exp(z - top)
-        w /= w.sum(axis=1, keepdims=True)
-        out[pos] = w @ pn
-    return out.reshape(block.shape).astype(block.dtype)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Protos:
-    """Prototypes ready to apply: arrays plus how to find a pixel's region."""
+    """A prototypes ``Dataset`` and the engine's view of it."""
 
-    data: da.Array  # (region, prototype, feature), one chunk
-    region_values: np.ndarray
-    labels: np.ndarray  # value reported for each prototype position
-    regions: _Regions
+    bank: PrototypeBank
     ds: xr.Dataset
+
+    @property
+    def regions(self) -> Regions:
+        return self.bank.regions
 
 
 def _coerce_protos(protos: Any) -> _Protos:
-    if isinstance(protos, xr.DataArray):
-        protos = protos.to_dataset(name="prototypes")
-    if not isinstance(protos, xr.Dataset) or "prototypes" not in protos.data_vars:
-        raise XSkyError(
-            "expected a prototypes xr.Dataset (from xsky.prototypes or open_prototypes) with a "
-            f"'prototypes' variable, got {type(protos).__name__}"
-        )
+    protos = as_prototypes_dataset(protos)  # type, dims and the regions attr
     p = protos["prototypes"]
-    if p.dims != ("region", "prototype", "feature"):
-        raise DimensionError(
-            f"'prototypes' has dims {p.dims}, expected ('region', 'prototype', 'feature')"
-        )
     kind = protos.attrs.get("regions", "grid")
     if kind == "grid":
         cs = protos.attrs.get("cell_size", SKYSENSE_GRID)
-        reg = _Regions("grid", float(cs[0]), float(cs[1]), protos.attrs.get("grid", "custom"))
-    elif kind in ("global", "labels"):
-        reg = _Regions(kind)
+        reg = Regions("grid", float(cs[0]), float(cs[1]), protos.attrs.get("grid", "custom"))
     else:
-        raise XSkyError(
-            f"prototypes attr regions={kind!r} is unknown; expected 'grid', 'global' or 'labels'"
-        )
+        reg = Regions(kind)
     data = p.data if isinstance(p.data, da.Array) else da.from_array(np.asarray(p.data))
     data = data.rechunk(-1)
     if "region" in protos.coords:
@@ -808,14 +320,14 @@ def _coerce_protos(protos: Any) -> _Protos:
         labels = np.asarray(protos["prototype"].values, "float64")
     else:
         labels = np.arange(p.sizes["prototype"], dtype="float64")
-    return _Protos(data, region_values, labels, reg, protos)
+    return _Protos(PrototypeBank(data, region_values, labels, reg), protos)
 
 
 def _apply_regions(e: _Embedding, pr: _Protos, regions: xr.DataArray | None) -> da.Array | None:
     """The label map to use for label-map prototypes (or None for grid/global)."""
     if pr.regions.kind != "labels":
         if regions is not None:
-            raise XSkyError(
+            raise ArgumentError(
                 f"these prototypes use regions={pr.regions.kind!r}, computed from each pixel's "
                 "lon/lat; do not pass a region label map"
             )
@@ -823,7 +335,7 @@ def _apply_regions(e: _Embedding, pr: _Protos, regions: xr.DataArray | None) -> 
     if regions is None:
         rm = pr.ds.get("region_map")
         if rm is None:
-            raise XSkyError(
+            raise ArgumentError(
                 "these prototypes were learned on a region label map; pass the same label map "
                 "for this embedding with regions=label_map"
             )
@@ -839,15 +351,6 @@ def _check_features(e: _Embedding, pr: _Protos) -> None:
             f"the embedding has {d_emb} features but the prototypes {d_pro}; use prototypes "
             "learned from the same model's embeddings"
         )
-
-
-def _blockwise_args(e: _Embedding, rmap: da.Array | None) -> tuple[list[Any], str]:
-    t = 1 if e.tdim else 0
-    ch = e.data.chunks
-    ys = da.from_array(e.yv, chunks=(ch[t],))
-    xs = da.from_array(e.xv, chunks=(ch[t + 1],))
-    idx = ("t" if e.tdim else "") + "yx"
-    return [e.data, idx + "f", ys, "y", xs, "x"], idx
 
 
 def _map_coords(e: _Embedding) -> dict[Hashable, Any]:
@@ -885,26 +388,11 @@ def classify(
     pr = _coerce_protos(protos)
     _check_features(e, pr)
     rmap = _apply_regions(e, pr, regions)
-    args, idx = _blockwise_args(e, rmap)
-    args += [pr.data, "rpf", pr.labels, "p"]
-    if rmap is not None:
-        args += [rmap, "yx"]
-    out = da.blockwise(
-        _classify_block,
-        idx + "c",
-        *args,
-        new_axes={"c": 2},
-        dtype="float64",
-        concatenate=True,
-        meta=np.empty((0,) * (len(idx) + 1), "float64"),
-        regions=pr.regions,
-        crs_wkt=e.crs_wkt,
-        region_values=pr.region_values,
-    )
+    lab, simil = classify_arrays(e.cube, pr.bank, rmap)
     dims = e.da.dims[:-1]
     coords = _map_coords(e)
-    label = xr.DataArray(out[..., 0].astype("int64"), dims=dims, coords=coords)
-    sim = xr.DataArray(out[..., 1].astype("float32"), dims=dims, coords=coords)
+    label = xr.DataArray(lab, dims=dims, coords=coords)
+    sim = xr.DataArray(simil, dims=dims, coords=coords)
     label.attrs = {"long_name": "nearest prototype", "missing_value": -1}
     sim.attrs = {"long_name": "cosine similarity to the nearest prototype"}
     return xr.Dataset({"label": label, "similarity": sim})
@@ -946,25 +434,9 @@ def geo_context(
     e = _coerce_embedding(emb)
     pr = _coerce_protos(protos)
     _check_features(e, pr)
-    temperature = _check_positive("temperature", temperature)
+    temperature = positive_float(temperature, "temperature")
     rmap = _apply_regions(e, pr, regions)
-    args, idx = _blockwise_args(e, rmap)
-    args += [pr.data, "rpf"]
-    if rmap is not None:
-        args += [rmap, "yx"]
-    ctx = da.blockwise(
-        _context_block,
-        idx + "f",
-        *args,
-        dtype=e.data.dtype,
-        concatenate=True,
-        meta=np.empty((0,) * (len(idx) + 1), e.data.dtype),
-        regions=pr.regions,
-        crs_wkt=e.crs_wkt,
-        region_values=pr.region_values,
-        temperature=temperature,
-    )
-    data = da.concatenate([e.data, ctx], axis=-1)
+    data = context_array(e.cube, pr.bank, temperature, rmap)
     coords = _map_coords(e)
     if "feature" in e.da.coords:
         coords["feature"] = np.arange(data.shape[-1])
@@ -1119,85 +591,71 @@ def prototypes(
     e = _coerce_embedding(emb)
     if labels is not None:
         if k is not None:
-            raise XSkyError(
+            raise ArgumentError(
                 "give either k (learn k prototypes per region) or labels (one prototype per "
                 "class), not both"
             )
         return _label_prototypes(e, labels, regions, cell_size, classes)
     if k is None:
-        raise XSkyError("give k, the number of prototypes per region (e.g. k=16), or labels=")
+        raise ArgumentError("give k, the number of prototypes per region (e.g. k=16), or labels=")
     k = _check_k(k)
-    if isinstance(sample, bool) or int(sample) != sample or sample < 1:
-        raise XSkyError(f"sample must be a positive integer, got {sample!r}")
-    sample = int(sample)
+    sample = positive_int(sample, "sample")
     if k > sample:
-        raise XSkyError(
+        raise ArgumentError(
             f"k={k} is larger than sample={sample} (the most pixels sampled per region); "
             f"raise sample to at least {k} or lower k"
         )
-    for name, val in (("iterations", iterations), ("sinkhorn_iterations", sinkhorn_iterations)):
-        if isinstance(val, bool) or int(val) != val or val < 0:
-            raise XSkyError(f"{name} must be a non-negative integer, got {val!r}")
-    epsilon = _check_positive("epsilon", epsilon)
-    if not 0.0 <= float(momentum) < 1.0:
-        raise XSkyError(f"momentum must be in [0, 1), got {momentum!r}")
+    iterations = _non_negative_int(iterations, "iterations")
+    sinkhorn_iterations = _non_negative_int(sinkhorn_iterations, "sinkhorn_iterations")
+    epsilon = positive_float(epsilon, "epsilon")
+    momentum = _momentum(momentum)
     if sparse not in ("raise", "drop"):
-        raise XSkyError(
+        raise ArgumentError(
             f"unknown sparse={sparse!r}; choose one of {format_choices(('raise', 'drop'))}"
         )
-    if int(seed) != seed or seed < 0:
-        raise XSkyError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
+    seed = _non_negative_int(seed, "seed")
     reg, rm = _coerce_regions(regions, cell_size, "grid")
     rmap = _label_map(reg, rm, e)
 
-    smp = _draw_sample(e, reg, rmap, seed, sample)
+    smp = draw_sample(e.cube, reg, rmap, seed, sample)
     if smp["r"].size == 0:
-        raise XSkyError(
+        raise DataError(
             f"embedding {e.da.name!r} has no valid pixel (all NaN or zero, or outside every "
             "region); nothing to learn prototypes from"
         )
-    ids, starts, counts = np.unique(smp["r"], return_index=True, return_counts=True)
+    ids, _, counts = region_counts(smp)
     sparse_ids = ids[counts < k]
     if sparse_ids.size and sparse == "raise":
         detail = ", ".join(
             f"{i}: {c}" for i, c in zip(ids[counts < k], counts[counts < k], strict=True)
         )
-        raise XSkyError(
+        raise DataError(
             f"{sparse_ids.size} region(s) have fewer sampled pixels than k={k} "
             f"(region id: pixels = {detail}); lower k, use larger regions (cell_size), or "
             "pass sparse='drop' to leave those regions out"
         )
-    keep = counts >= k
-    if not keep.any():
-        raise XSkyError(
+    if not (counts >= k).any():
+        raise DataError(
             f"no region has at least k={k} valid pixels (largest: {counts.max()}); lower k"
         )
-    protos = np.empty((int(keep.sum()), k, smp["x"].shape[1]), "float32")
-    for j, (rid, s, c) in enumerate(zip(ids[keep], starts[keep], counts[keep], strict=True)):
-        protos[j] = fit_prototypes(
-            smp["x"][s : s + c],
-            k,
-            iterations=iterations,
-            epsilon=epsilon,
-            momentum=momentum,
-            sinkhorn_iterations=sinkhorn_iterations,
-            seed=(seed, int(rid)),
-        )
-    ids, counts = ids[keep], counts[keep]
-    n_pixels = smp["cn"][np.searchsorted(smp["cr"], ids)]
-    bounds = reg.bounds(ids)
-    if reg.kind == "labels":
-        ext = smp["ext"][np.searchsorted(smp["er"], ids)]
-        bounds = dict(zip(("lon_min", "lon_max", "lat_min", "lat_max"), ext.T, strict=True))
+    ids, counts, n_pixels, protos = fit_regions(
+        smp,
+        k,
+        iterations=iterations,
+        epsilon=epsilon,
+        momentum=momentum,
+        sinkhorn_iterations=sinkhorn_iterations,
+        seed=seed,
+    )
+    bounds = sample_extents(smp, ids) if reg.kind == "labels" else reg.bounds(ids)
     attrs: dict[str, Any] = {
         "kind": "learned",
         "k": k,
         "sample": sample,
-        "iterations": int(iterations),
+        "iterations": iterations,
         "epsilon": epsilon,
-        "momentum": float(momentum),
-        "sinkhorn_iterations": int(sinkhorn_iterations),
+        "momentum": momentum,
+        "sinkhorn_iterations": sinkhorn_iterations,
         "seed": seed,
         "metric": "cosine",
         **reg.attrs(),
@@ -1230,7 +688,7 @@ def _protos_dataset(
     return xr.Dataset({"prototypes": p}, attrs=attrs)
 
 
-def _attach_maps(ds: xr.Dataset, e: _Embedding, reg: _Regions, rmap: da.Array | None) -> xr.Dataset:
+def _attach_maps(ds: xr.Dataset, e: _Embedding, reg: Regions, rmap: da.Array | None) -> xr.Dataset:
     ds["region_map"] = _region_map_da(e, reg, rmap)
     cl = classify(e.da, ds)
     ds["assignment"] = cl["label"]
@@ -1243,7 +701,7 @@ def _label_prototypes(
 ) -> xr.Dataset:
     flox_xr = require("flox.xarray", "label prototypes (groupby-mean)")
     if not isinstance(labels, xr.DataArray):
-        raise XSkyError(
+        raise ArgumentError(
             f"labels must be an xr.DataArray (y, x) of integer classes, got {type(labels).__name__}"
         )
     _check_aligned(labels, e, "labels")
@@ -1253,7 +711,7 @@ def _label_prototypes(
             f"labels have dims {tuple(labels.dims)}; expected a subset of {tuple(e.da.dims[:-1])}"
         )
     if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
-        raise XSkyError(f"labels have dtype {labels.dtype}, expected integer class values")
+        raise DataError(f"labels have dtype {labels.dtype}, expected integer class values")
     lab = labels.astype("float64")
     lab = lab.where(np.isfinite(lab) & (lab >= 0))
     if e.tdim and e.tdim in labels.dims:
@@ -1267,15 +725,16 @@ def _label_prototypes(
     else:
         cls = np.unique(np.asarray(classes, "float64"))
     if cls.size == 0:
-        raise XSkyError("labels contain no labelled pixel (all NaN or negative)")
+        raise DataError("labels contain no labelled pixel (all NaN or negative)")
     if not np.all(cls == np.round(cls)):
-        raise XSkyError(f"labels must be integer class values, got {cls[cls != np.round(cls)][:5]}")
+        raise DataError(f"labels must be integer class values, got {cls[cls != np.round(cls)][:5]}")
     reg, rm = _coerce_regions(regions, cell_size, "global")
     rmap = _label_map(reg, rm, e)
     region_map = _region_map_da(e, reg, rmap)
-    rids = _regions_present(e, reg, rmap, rm)
+    raw = None if rm is None or isinstance(rm.data, da.Array) else rm.values
+    rids = regions_present(reg, e.yv, e.xv, e.crs_wkt, rmap, raw)
     if rids.size == 0:
-        raise XSkyError("no pixel of the embedding lies in any region of the region label map")
+        raise DataError("no pixel of the embedding lies in any region of the region label map")
 
     x = e.da.astype("float64")
     norm = np.sqrt((x**2).sum("feature"))
@@ -1308,143 +767,3 @@ def _label_prototypes(
     ds["n_labelled"] = (("region", "prototype"), count)
     ds["n_labelled"].attrs = {"long_name": "labelled valid pixels per class"}
     return _attach_maps(ds, e, reg, rmap)
-
-
-def _regions_present(
-    e: _Embedding, reg: _Regions, rmap: da.Array | None, user_map: xr.DataArray | None
-) -> np.ndarray:
-    """Region ids covered by the embedding's pixels.
-
-    Grid cells come from the coordinates only; a numpy label map is read directly and a
-    dask label map is computed once (documented in :func:`prototypes`).
-    """
-    if reg.kind == "global":
-        return np.zeros(1, "int64")
-    if rmap is not None:
-        if user_map is not None and not isinstance(user_map.data, da.Array):
-            raw = np.asarray(user_map.values, "float64")
-            vals = np.unique(raw[np.isfinite(raw) & (raw >= 0)]).astype("int64")
-        else:
-            (vals,) = dask.compute(da.unique(rmap))
-        vals = np.asarray(vals)
-        return vals[vals >= 0]
-    yv, xv = e.yv, e.xv
-    found: set[int] = set()
-    for i in range(0, yv.size, _LABEL_ROW_STEP):
-        ids = reg.ids(xv, yv[i : i + _LABEL_ROW_STEP], e.crs_wkt)
-        found.update(np.unique(ids[ids >= 0]).tolist())
-    return np.array(sorted(found), "int64")
-
-
-# --------------------------------------------------------------------------------------
-# persistence
-# --------------------------------------------------------------------------------------
-
-_SAVED_VARS = ("prototypes", "n_samples", "n_pixels", "n_labelled")
-_REGION_COORDS = ("region", "prototype", "feature", "lon_min", "lon_max", "lat_min", "lat_max")
-_FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".h5": "netcdf"}
-
-
-def _core(protos: xr.Dataset) -> xr.Dataset:
-    pr = _coerce_protos(protos)
-    ds = pr.ds
-    keep = [v for v in _SAVED_VARS if v in ds.data_vars]
-    out = ds[keep]
-    out = out.drop_vars([c for c in out.coords if c not in _REGION_COORDS])
-    attrs = {}
-    for key, val in ds.attrs.items():
-        if val is None:
-            continue
-        if isinstance(val, bool):
-            val = int(val)
-        if isinstance(val, tuple | list | np.ndarray):
-            val = tuple(v.item() if isinstance(v, np.generic) else v for v in val)
-        elif isinstance(val, np.generic):
-            val = val.item()
-        attrs[str(key)] = val
-    out.attrs = attrs
-    return out
-
-
-def _format_of(path: str | Path, format: str | None) -> str:
-    if format is not None:
-        if format not in ("zarr", "netcdf"):
-            raise XSkyError(f"unknown format {format!r}; choose one of 'netcdf', 'zarr'")
-        return format
-    suffix = Path(str(path).rstrip("/")).suffix.lower()
-    if suffix not in _FORMATS:
-        raise XSkyError(
-            f"cannot tell the format of {str(path)!r} from its suffix {suffix!r}; use one of "
-            f"{format_choices(_FORMATS)} or pass format='zarr'/'netcdf'"
-        )
-    return _FORMATS[suffix]
-
-
-def save_prototypes(protos: xr.Dataset, path: str | Path, *, format: str | None = None) -> None:
-    """Write prototypes with their region metadata and provenance to Zarr or NetCDF.
-
-    Saved: ``prototypes``, the per-region counts, the region coordinates and all attrs
-    (parameters, region definition, source model and weights digest, xsky version). The
-    maps of the source cube (``assignment``, ``similarity``, ``region_map``) are views of
-    that cube and are not saved; lazy label prototypes are computed here. An existing file
-    is overwritten.
-
-    Parameters
-    ----------
-    protos
-        A prototypes ``Dataset``.
-    path
-        Target path; ``.zarr`` writes a Zarr store, ``.nc`` a NetCDF-4 file.
-    format
-        ``"zarr"`` or ``"netcdf"`` to override the suffix.
-    """
-    fmt = _format_of(path, format)
-    core = _core(protos).compute()
-    if fmt == "zarr":
-        core.to_zarr(str(path), mode="w", consolidated=False)
-    else:
-        core.to_netcdf(str(path))
-
-
-def open_prototypes(path: str | Path, *, format: str | None = None) -> xr.Dataset:
-    """Read prototypes written by :func:`save_prototypes` (loaded into memory).
-
-    Parameters
-    ----------
-    path
-        A ``.zarr`` store or ``.nc`` file.
-    format
-        ``"zarr"`` or ``"netcdf"`` to override the suffix.
-
-    Returns
-    -------
-    xarray.Dataset
-        The same variables, coordinates and attrs that were saved, ready for
-        :func:`classify` and :func:`geo_context`.
-    """
-    fmt = _format_of(path, format)
-    if not Path(path).exists():
-        raise XSkyError(f"no prototypes file at {str(path)!r}")
-    if fmt == "zarr":
-        ds = xr.open_zarr(str(path), consolidated=False)
-    else:
-        ds = xr.open_dataset(str(path))
-    with ds:
-        ds = ds.load()
-    if "prototypes" not in ds.data_vars:
-        raise XSkyError(
-            f"{str(path)!r} holds no 'prototypes' variable (found {list(ds.data_vars)}); "
-            "it was not written by save_prototypes"
-        )
-    attrs = {}
-    for key, val in ds.attrs.items():
-        if isinstance(val, np.ndarray | list | tuple):
-            val = tuple(v.item() if isinstance(v, np.generic) else v for v in np.asarray(val))
-        elif isinstance(val, np.generic):
-            val = val.item()
-        attrs[key] = val
-    ds.attrs = attrs
-    for v in ds.variables.values():
-        v.encoding = {}
-    _coerce_protos(ds)  # validate dims and region attrs
-    return ds

@@ -3,153 +3,53 @@
 :func:`location_embed` gives every pixel (or every ``stride`` x ``stride`` cell) of a cube the
 location embedding of its centre, with longitude/latitude taken from the cube's own CRS. The
 result is lazy and chunk-aligned with the input. The dask graph carries a small
-:class:`EncoderRef` (checkpoint path + digest), never the weights: each process loads the
-encoder once into a module-level cache.
+:class:`~xsky.models.LocationRef` (checkpoint path + digest), never the weights: each process
+loads the encoder once into the runtime cache (:mod:`xsky.runtime.cache`).
 
 :func:`location_embed_points` embeds tables of points (arrays or a pandas DataFrame).
+
+This module is the xarray-facing layer; the array core is :mod:`xsky.engine.location`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import xarray as xr
 
+from .. import _coerce
 from .._version import __version__
-from ..exceptions import ChunkingError, DimensionError, XSkyError, format_choices
+from ..exceptions import (
+    AlignmentError,
+    ArgumentError,
+    CheckpointError,
+    DataError,
+    DimensionError,
+    format_choices,
+)
 from ..geo import get_crs, grid_info, spatial_dims, write_crs
+from ..models.spec import LocationRef
 
 if TYPE_CHECKING:
     from ..models.satclip import LocationEncoder
 
-__all__ = ["EncoderRef", "location_embed", "location_embed_points", "resolve_location_encoder"]
+__all__ = ["location_embed", "location_embed_points", "resolve_location_encoder"]
 
 _DEFAULT_CHUNK = 1024  # output pixels per side when the input is not chunked
-_DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 # --------------------------------------------------------------------------------------
-# Encoder references and the per-process cache
+# Resolving what the user passed
 # --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncoderRef:
-    """A picklable recipe for a location encoder: what a dask task carries instead of weights.
-
-    Attributes
-    ----------
-    key
-        Digest of the encoder's weights (the cache key).
-    path
-        Checkpoint to load it from in a process that has not cached it, or ``None`` for an
-        in-memory encoder that exists only where it was registered.
-    trust
-        Whether that checkpoint may be fully unpickled.
-    name
-        Model name recorded in the output's attrs.
-    legendre_polys, embed_dim
-        Sizes (for shapes, without loading).
-    file_sha256
-        Digest of the checkpoint file, if any.
-    """
-
-    key: str
-    path: str | None
-    trust: bool
-    name: str
-    legendre_polys: int
-    embed_dim: int
-    file_sha256: str | None = None
-
-    def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return ("xsky.EncoderRef", self.key, self.path, self.trust)
-
-
-_ENCODERS: dict[str, LocationEncoder] = {}
-_FILES: dict[tuple[str, int, int, bool], tuple[LocationEncoder, str]] = {}
-_LOCK = threading.RLock()
-#: How often each encoder key was loaded from disk in this process (tests check "once").
-LOADS: dict[str, int] = {}
-
-
-def _register(enc: LocationEncoder, *, snapshot: bool = False) -> str:
-    """Cache ``enc`` under the digest of its weights (a private copy if ``snapshot``).
-
-    A user's encoder is copied so that later in-place edits cannot change what a graph
-    built now computes.
-    """
-    import hashlib
-
-    from ..models._base import state_dict_sha256
-
-    # the features' convention is not in the state dict, so it goes into the key
-    key = hashlib.sha256(f"{state_dict_sha256(enc)}:{enc.posenc.harmonics_calculation}"
-                         .encode()).hexdigest()
-    with _LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = copy.deepcopy(enc) if snapshot else enc
-    return key
-
-
-def _load_file(path: str, trust: bool) -> tuple[LocationEncoder, str]:
-    """Encoder and weights digest of a checkpoint, read once per (file version, trust)."""
-    from ..models.satclip import LocationEncoder
-
-    p = Path(path).expanduser().resolve()
-    try:
-        st = p.stat()
-    except OSError:
-        from ..exceptions import CheckpointError
-
-        raise CheckpointError(
-            f"location-encoder checkpoint {str(p)!r} does not exist; pass the path of a local "
-            "SatCLIP .ckpt (xsky.models.satclip.download_checkpoint fetches one)"
-        ) from None
-    fkey = (str(p), st.st_size, st.st_mtime_ns, bool(trust))
-    with _LOCK:
-        hit = _FILES.get(fkey)
-        if hit is None:
-            enc = LocationEncoder.from_checkpoint(p, trust=trust)
-            key = _register(enc)
-            LOADS[key] = LOADS.get(key, 0) + 1
-            hit = _FILES[fkey] = (_ENCODERS[key], key)
-        return hit
-
-
-def _get_encoder(ref: EncoderRef) -> LocationEncoder:
-    """The encoder for ``ref`` in this process, loaded at most once."""
-    enc = _ENCODERS.get(ref.key)
-    if enc is not None:
-        return enc
-    if ref.path is None:
-        raise XSkyError(
-            f"location encoder {ref.name!r} (weights {ref.key[:12]}) exists only in the process "
-            "that created it; save it with torch.save and pass the checkpoint path, or load it "
-            "with LocationEncoder.from_checkpoint(path) so workers can read the file"
-        )
-    enc, key = _load_file(ref.path, ref.trust)
-    if key != ref.key:
-        raise XSkyError(
-            f"checkpoint {ref.path!r} holds different weights in this process ({key[:12]}) "
-            f"than where the graph was built ({ref.key[:12]}); the file changed or differs "
-            "between machines"
-        )
-    return enc
 
 
 def resolve_location_encoder(
     model: Any, *, weights: Any = None, trust: bool = False
-) -> tuple[EncoderRef, LocationEncoder]:
+) -> tuple[LocationRef, LocationEncoder]:
     """Turn what a user passes as a location model into a cached encoder and its reference.
 
     Parameters
@@ -164,61 +64,62 @@ def resolve_location_encoder(
         Allow full unpickling of a checkpoint that needs it (only for trusted files).
     """
     from ..models.satclip import SATCLIP_MODELS, LocationEncoder, SatCLIPImageEncoder
+    from ..runtime.cache import load_location_encoder, put_location_encoder
 
     name: str | None = None
     if isinstance(model, SatCLIPImageEncoder):
         if model.checkpoint_path is None:
-            raise XSkyError(
+            raise ArgumentError(
                 f"{model.spec.name} was built without weights, so it has no location encoder; "
                 f"create it with create_model({model.spec.name!r}, weights=<.ckpt>)"
             )
         name, model = model.spec.name, model.checkpoint_path
     if isinstance(model, str) and model in SATCLIP_MODELS:
         if weights is None:
-            raise XSkyError(
+            raise ArgumentError(
                 f"location embeddings with {model!r} need its checkpoint: pass weights=<path to "
                 f"{model}.ckpt> (xsky.models.satclip.download_checkpoint({model!r}) fetches it "
                 "once and caches it)"
             )
         name, model = model, weights
     elif weights is not None:
-        raise XSkyError(
+        raise ArgumentError(
             "weights= is only used with a satclip-* model name; pass the checkpoint path (or a "
             "LocationEncoder) as the model instead"
         )
     if isinstance(model, LocationEncoder):
         enc = model
         if enc.training:
-            raise XSkyError(
+            raise ArgumentError(
                 "the LocationEncoder is in training mode, where dropout makes outputs random; "
                 "call encoder.eval() first"
             )
-        key = _register(enc, snapshot=True)
+        digest = put_location_encoder(enc, snapshot=True)
         path = enc.source_path if enc.unchanged_since_load else None
-        ref = EncoderRef(key, path, trust, name or f"satclip-location-l{enc.legendre_polys}",
-                         enc.legendre_polys, enc.embed_dim,
-                         enc.source_sha256 if path else None)
+        ref = LocationRef(digest, path, trust, name or f"satclip-location-l{enc.legendre_polys}",
+                          enc.legendre_polys, enc.embed_dim,
+                          enc.source_sha256 if path else None)
         return ref, enc
     if isinstance(model, str | os.PathLike):
         p = Path(model).expanduser()
         if not p.is_file():
-            raise XSkyError(
+            raise ArgumentError(
                 f"location model {str(model)!r} is neither a file nor a SatCLIP model name; pass "
                 f"a .ckpt path, a LocationEncoder, or one of {format_choices(SATCLIP_MODELS)} "
                 "with weights="
             )
-        enc, key = _load_file(str(p), trust)
+        enc, digest = load_location_encoder(p, trust)
         if name is not None and f"-l{enc.legendre_polys}" not in name:
-            raise XSkyError(
+            raise CheckpointError(
                 f"{str(p)!r} holds an L={enc.legendre_polys} location encoder but the model "
                 f"name {name!r} says otherwise; use the matching satclip-*-l"
                 f"{enc.legendre_polys} name"
             )
-        ref = EncoderRef(key, str(p.resolve()), trust,
-                         name or f"satclip-location-l{enc.legendre_polys}",
-                         enc.legendre_polys, enc.embed_dim, enc.source_sha256)
+        ref = LocationRef(digest, str(p.resolve()), trust,
+                          name or f"satclip-location-l{enc.legendre_polys}",
+                          enc.legendre_polys, enc.embed_dim, enc.source_sha256)
         return ref, enc
-    raise XSkyError(
+    raise ArgumentError(
         f"cannot use a {type(model).__name__} as a location model; pass a LocationEncoder, a "
         f"SatCLIP .ckpt path, or one of {format_choices(SATCLIP_MODELS)} with weights="
     )
@@ -229,55 +130,10 @@ def resolve_location_encoder(
 # --------------------------------------------------------------------------------------
 
 
-def _coerce_stride(stride: Any) -> int:
-    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
-        raise XSkyError(f"stride must be a positive integer number of pixels, got {stride!r}")
-    return int(stride)
-
-
-def _coerce_dtype(dtype: Any) -> np.dtype:
-    key = np.dtype(dtype).name if dtype is not None else "float64"
-    if key not in _DTYPES:
-        raise XSkyError(f"dtype must be one of {format_choices(_DTYPES)}, got {dtype!r}")
-    return np.dtype(_DTYPES[key])
-
-
 def _input_chunks(obj: Any, dim: str) -> tuple[int, ...] | None:
     chunks = obj.chunksizes if isinstance(obj, xr.Dataset | xr.DataArray) else {}
     got = chunks.get(dim) if chunks else None
     return tuple(int(c) for c in got) if got else None
-
-
-def _output_chunks(n_in: int, in_chunks: tuple[int, ...] | None, stride: int,
-                   default: int) -> tuple[int, ...]:
-    """Output chunks whose cells start inside the matching input chunk."""
-    n_out = -(-n_in // stride)
-    if in_chunks is None:
-        size = max(1, default)
-        return tuple(min(size, n_out - s) for s in range(0, n_out, size))
-    bounds = np.concatenate([[0], np.cumsum(in_chunks)])
-    cuts = np.unique(-(-bounds // stride))  # first output cell starting at or after each bound
-    cuts[-1] = n_out
-    return tuple(int(c) for c in np.diff(cuts) if c > 0)
-
-
-def _coerce_chunks(chunks: Any, ydim: str, xdim: str) -> tuple[int | None, int | None]:
-    if chunks is None:
-        return None, None
-    if isinstance(chunks, int | np.integer) and not isinstance(chunks, bool):
-        return int(chunks), int(chunks)
-    if isinstance(chunks, Mapping):
-        unknown = set(chunks) - {ydim, xdim}
-        if unknown:
-            raise ChunkingError(
-                f"chunks has dims {sorted(unknown)} but the output's spatial dims are "
-                f"{ydim!r} and {xdim!r}"
-            )
-        return chunks.get(ydim), chunks.get(xdim)
-    raise ChunkingError(
-        f"chunks must be an int or a dict {{{ydim!r}: n, {xdim!r}: n}} of output pixels, got "
-        f"{chunks!r}"
-    )
 
 
 def _as_spatial(obj: Any) -> xr.DataArray | xr.Dataset:
@@ -295,40 +151,10 @@ def _as_spatial(obj: Any) -> xr.DataArray | xr.Dataset:
             "no node of the DataTree has spatial dims 'y' and 'x'; pass the node to embed, "
             "e.g. tree['s2']"
         )
-    raise XSkyError(
+    raise ArgumentError(
         f"location_embed needs an xarray DataArray, Dataset or DataTree, got "
         f"{type(obj).__name__}"
     )
-
-
-@lru_cache(maxsize=32)
-def _transformer_for(crs_wkt: str, thread_id: int) -> Any:
-    from pyproj import CRS, Transformer
-
-    crs = CRS.from_wkt(crs_wkt)
-    geo = crs.geodetic_crs or CRS.from_epsg(4326)
-    return Transformer.from_crs(crs, geo, always_xy=True)
-
-
-def _lonlat(x: np.ndarray, y: np.ndarray, crs_wkt: str) -> tuple[np.ndarray, np.ndarray]:
-    # pyproj transformers are not shared across threads: one per (CRS, thread)
-    tr = _transformer_for(crs_wkt, threading.get_ident())
-    xx, yy = np.meshgrid(np.asarray(x, np.float64), np.asarray(y, np.float64))
-    lon, lat = tr.transform(xx, yy)
-    return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
-
-
-def _embed_block(y: np.ndarray, x: np.ndarray, *, ref: EncoderRef, crs_wkt: str,
-                 out_dtype: np.dtype) -> np.ndarray:
-    """One output block: lon/lat of the cell centres, then the encoder (runs inside a task)."""
-    enc = _get_encoder(ref)
-    lon, lat = _lonlat(x, y, crs_wkt)
-    out = np.empty((lon.size, ref.embed_dim), dtype=np.float64)
-    enc.encode(lon.ravel(), lat.ravel(), out=out)
-    bad = ~(np.isfinite(lon) & np.isfinite(lat)).ravel()
-    if bad.any():  # outside the projection's domain
-        out[bad] = np.nan
-    return out.reshape(y.size, x.size, ref.embed_dim).astype(out_dtype, copy=False)
 
 
 def location_embed(
@@ -397,36 +223,24 @@ def location_embed(
 
     With an official checkpoint: ``cube.sky.location_embed("satclip-resnet50-l40.ckpt")``.
     """
-    import dask.array as da
-    from dask.base import tokenize
+    from ..engine.location import build_location_embedding, output_chunks
 
     obj = _as_spatial(obj)
-    stride = _coerce_stride(stride)
-    out_dtype = _coerce_dtype(dtype)
+    stride = _coerce.positive_int(stride, "stride", "pixels")
+    out_dtype = _coerce.float_dtype(dtype)
     grid = grid_info(obj)
     crs = get_crs(obj)
     ref, _ = resolve_location_encoder(model_or_ckpt, weights=weights, trust=trust)
 
-    cy, cx = _coerce_chunks(chunks, grid.ydim, grid.xdim)
-    ych = _output_chunks(grid.ny, None if cy else _input_chunks(obj, grid.ydim), stride,
-                         cy or _DEFAULT_CHUNK)
-    xch = _output_chunks(grid.nx, None if cx else _input_chunks(obj, grid.xdim), stride,
-                         cx or _DEFAULT_CHUNK)
-    ny, nx = sum(ych), sum(xch)
-    ycoord = grid.y_coords(0, stride, ny)
-    xcoord = grid.x_coords(0, stride, nx)
-    crs_wkt = crs.to_wkt()
-    yd = da.from_array(ycoord, chunks=(ych,), name=f"loc-y-{tokenize(ycoord, ych)}")
-    xd = da.from_array(xcoord, chunks=(xch,), name=f"loc-x-{tokenize(xcoord, xch)}")
-    token = tokenize(ref, crs_wkt, ycoord, xcoord, ych, xch, out_dtype.str)
-    data = da.blockwise(
-        _embed_block, "yxf", yd, "y", xd, "x",
-        new_axes={"f": ref.embed_dim},
-        dtype=out_dtype,
-        meta=np.empty((0, 0, 0), dtype=out_dtype),
-        name=f"location-embed-{token}",
-        ref=ref, crs_wkt=crs_wkt, out_dtype=out_dtype,
-    )
+    cy, cx = _coerce.output_chunks(chunks, grid.ydim, grid.xdim)
+    ych = output_chunks(grid.ny, None if cy else _input_chunks(obj, grid.ydim), stride,
+                        cy or _DEFAULT_CHUNK)
+    xch = output_chunks(grid.nx, None if cx else _input_chunks(obj, grid.xdim), stride,
+                        cx or _DEFAULT_CHUNK)
+    ycoord = grid.y_coords(0, stride, sum(ych))
+    xcoord = grid.x_coords(0, stride, sum(xch))
+    data = build_location_embedding(ycoord, xcoord, ych, xch, ref=ref, crs_wkt=crs.to_wkt(),
+                                    dtype=out_dtype)
     out = xr.DataArray(
         data,
         dims=(grid.ydim, grid.xdim, "feature"),
@@ -434,12 +248,12 @@ def location_embed(
                 "feature": np.arange(ref.embed_dim)},
         name=name,
     )
-    out = write_crs(out, crs)
+    out = cast("xr.DataArray", write_crs(out, crs))
     out.attrs.update({
         "model": ref.name,
         "kind": "location",
         "legendre_polys": ref.legendre_polys,
-        "weights_sha256": ref.file_sha256 or ref.key,
+        "weights_sha256": ref.file_sha256 or ref.sha256,
         "xsky_version": __version__,
         "stride": stride,
         "coordinates": "embedding of each cell centre's (lon, lat) in the cube CRS's "
@@ -545,7 +359,7 @@ def location_embed_points(
         if model is None and lat is not None and _is_model_like(lat):
             model, lat = lat, None
         if lat is not None:
-            raise XSkyError(
+            raise ArgumentError(
                 "with a DataFrame, pass the model second (location_embed_points(df, model)) "
                 "or give lon and lat as separate columns"
             )
@@ -553,15 +367,15 @@ def location_embed_points(
         index = lon.index
         lon, lat = lon[lon_col], lon[lat_col]
     if model is None:
-        raise XSkyError("location_embed_points needs a model: a LocationEncoder, .ckpt path, "
-                        "or satclip-* name with weights=")
+        raise ArgumentError("location_embed_points needs a model: a LocationEncoder, .ckpt path, "
+                            "or satclip-* name with weights=")
     if lat is None:
-        raise XSkyError("location_embed_points needs latitudes: pass lon and lat")
+        raise ArgumentError("location_embed_points needs latitudes: pass lon and lat")
     if isinstance(lon, pd.Series) or isinstance(lat, pd.Series):
         s = lon if isinstance(lon, pd.Series) else lat
         if isinstance(lon, pd.Series) and isinstance(lat, pd.Series) and not lon.index.equals(
                 lat.index):
-            raise XSkyError("lon and lat Series have different indexes; align them first")
+            raise AlignmentError("lon and lat Series have different indexes; align them first")
         index = s.index if index is None else index
     lon_a = np.asarray(lon, dtype=np.float64)
     lat_a = np.asarray(lat, dtype=np.float64)
@@ -573,21 +387,20 @@ def location_embed_points(
     bad = ~(np.isfinite(lon_a) & np.isfinite(lat_a))
     if bad.any():
         where = np.flatnonzero(bad)[:5].tolist()
-        raise XSkyError(
+        raise DataError(
             f"{int(bad.sum())} point(s) have NaN or infinite lon/lat (positions {where}); drop "
             "them first, e.g. df.dropna(subset=['lon', 'lat'])"
         )
     out_of_range = np.abs(lat_a) > 90
     if out_of_range.any():
         i = int(np.flatnonzero(out_of_range)[0])
-        raise XSkyError(
+        raise DataError(
             f"latitude must be within [-90, 90] degrees; got {lat_a[i]!r} at position {i} "
             f"({int(out_of_range.sum())} point(s) outside). Are lon and lat swapped?"
         )
-    out_dtype = _coerce_dtype(dtype)
-    if batch_size is not None and (isinstance(batch_size, bool)
-                                   or not isinstance(batch_size, int) or batch_size < 1):
-        raise XSkyError(f"batch_size must be a positive integer, got {batch_size!r}")
+    out_dtype = _coerce.float_dtype(dtype)
+    if batch_size is not None:
+        batch_size = _coerce.positive_int(batch_size, "batch_size")
     _, enc = resolve_location_encoder(model, weights=weights, trust=trust)
     emb = enc.encode(lon_a, lat_a, batch_size=batch_size).astype(out_dtype, copy=False)
     if index is None:

@@ -7,14 +7,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..exceptions import DimensionError, XSkyError
+from .. import modalities
+from ..exceptions import AlignmentError, ArgumentError, DimensionError
 from ..geo import get_crs, grid_info, spatial_dims
-from ..io.bands import canonical_band
+from ..modalities import canonical_band
 
 __all__ = ["HR_FACTOR", "stack"]
 
-#: HR pixels per Sentinel-2 pixel along each axis (SkySense's Swin stage-4 grid = S2 grid)
-HR_FACTOR = 32
+#: HR pixels per Sentinel-2 pixel along each axis (the table's ``grid_factor`` of ``"hr"``)
+HR_FACTOR = modalities.get("hr").grid_factor
 
 
 def _canonical(ds: xr.Dataset | xr.DataArray, modality: str, name: str) -> xr.Dataset:
@@ -30,7 +31,7 @@ def _canonical(ds: xr.Dataset | xr.DataArray, modality: str, name: str) -> xr.Da
         if valid is not None:
             ds["valid"] = valid
     if not isinstance(ds, xr.Dataset):
-        raise XSkyError(f"{name}= must be an xarray Dataset, got {type(ds).__name__}")
+        raise ArgumentError(f"{name}= must be an xarray Dataset, got {type(ds).__name__}")
     renames = {}
     for v in ds.data_vars:
         if v == "valid":
@@ -112,45 +113,66 @@ def stack(
 
     Raises
     ------
-    XSkyError
-        No modality given; mismatched CRS/footprint; HR not exactly 32x finer.
+    ArgumentError
+        No modality given, or one that is not an xarray object or STAC items.
+    AlignmentError
+        HR in another CRS, on another footprint, or not exactly 32x finer (``HR_FACTOR``,
+        the table's ``grid_factor``).
     """
     given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr}.items() if v is not None}
     if not given:
-        raise XSkyError("stack() needs at least one of s2=, s1=, hr=")
+        raise ArgumentError("stack() needs at least one of s2=, s1=, hr=")
+    factor = {k: modalities.get(k).grid_factor for k in given}
+    # the reference grid: the first modality given that lies on the Sentinel-2 grid
+    ref_name = next((k for k in given if factor[k] == 1), None)
     if not all(_is_xarray(v) for v in given.values()):
         from ..io.stac import load_stac
 
         opts = dict(stac_options or {})
-        for name in ("s2", "s1", "hr"):
-            if name in given and not _is_xarray(given[name]):
-                like = given.get("s2") if name == "s1" and _is_xarray(given.get("s2")) else None
+        order = sorted(given, key=lambda k: k != ref_name)  # the reference first
+        for name in order:
+            if not _is_xarray(given[name]):
+                ref_obj = given.get(ref_name) if ref_name is not None else None
+                like = (ref_obj if name != ref_name and factor[name] == 1
+                        and _is_xarray(ref_obj) else None)
                 given[name] = load_stac(given[name], modality=name, like=like, **opts)
     nodes = {k: _canonical(v, k, k) for k, v in given.items()}
-    ref_name = "s2" if "s2" in nodes else ("s1" if "s1" in nodes else None)
     if ref_name is not None:
         ref = nodes[ref_name]
         grid_info(ref)
         crs = get_crs(ref)
-        if "s1" in nodes and ref_name == "s2":
-            get_crs(nodes["s1"])
-            nodes["s1"] = _align(nodes["s1"], ref, resampling).rio.write_crs(crs.to_wkt())
-        if "hr" in nodes:
-            hr_crs = get_crs(nodes["hr"])
-            if not hr_crs.equals(crs, ignore_axis_order=True):
-                raise XSkyError(
-                    "hr= is in a different CRS than s2=; reproject it onto a grid 32x finer "
-                    "than the Sentinel-2 grid first (ds.odc.reproject)"
-                )
-            rb, hb = _bounds(ref), _bounds(nodes["hr"])
-            ratio = (rb[4] / hb[4], rb[5] / hb[5])
-            tol = 0.5 * hb[4]
-            same = all(abs(a - b) <= tol for a, b in zip(rb[:4], hb[:4], strict=True))
-            if not same or any(abs(r - HR_FACTOR) > 1e-6 for r in ratio):
-                raise DimensionError(
-                    f"hr= must be exactly {HR_FACTOR}x finer than s2= on the same footprint; "
-                    f"found a pixel-size ratio of {ratio[0]:g} x {ratio[1]:g} and bounds "
-                    f"{tuple(round(b, 3) for b in hb[:4])} vs {tuple(round(b, 3) for b in rb[:4])}."
-                    f" Resample HR to {rb[4] / HR_FACTOR:g} units per pixel over the S2 footprint"
-                )
+        for name in list(nodes):
+            if name == ref_name:
+                continue
+            if factor[name] == factor[ref_name]:
+                # same pixel size: resampled lazily onto the reference grid
+                get_crs(nodes[name])
+                nodes[name] = _align(nodes[name], ref, resampling).rio.write_crs(crs.to_wkt())
+            else:
+                _check_finer_grid(nodes[name], name, ref, ref_name,
+                                  factor[name] // factor[ref_name], crs)
     return xr.DataTree.from_dict(dict(nodes))
+
+
+def _check_finer_grid(
+    node: xr.Dataset, name: str, ref: xr.Dataset, ref_name: str, f: int, crs: Any
+) -> None:
+    """A finer modality must lie exactly ``f`` times finer than the reference on its footprint
+    (it is checked, never resampled)."""
+    if not get_crs(node).equals(crs, ignore_axis_order=True):
+        raise AlignmentError(
+            f"{name}= is in a different CRS than {ref_name}=; reproject it onto a grid {f}x "
+            f"finer than the {ref_name}= grid first (ds.odc.reproject)"
+        )
+    rb, hb = _bounds(ref), _bounds(node)
+    ratio = (rb[4] / hb[4], rb[5] / hb[5])
+    tol = 0.5 * hb[4]
+    same = all(abs(a - b) <= tol for a, b in zip(rb[:4], hb[:4], strict=True))
+    if not same or any(abs(r - f) > 1e-6 for r in ratio):
+        raise AlignmentError(
+            f"{name}= must be exactly {f}x finer than {ref_name}= on the same footprint; "
+            f"found a pixel-size ratio of {ratio[0]:g} x {ratio[1]:g} and bounds "
+            f"{tuple(round(b, 3) for b in hb[:4])} vs {tuple(round(b, 3) for b in rb[:4])}."
+            f" Resample {name.upper()} to {rb[4] / f:g} units per pixel over the "
+            f"{ref_name.upper()} footprint"
+        )

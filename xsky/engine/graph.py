@@ -39,17 +39,20 @@ def build_embedding(arrays: Sequence[da.Array], task: BlockTask, time_chunks: Se
     """
     py, px = task.plan_y, task.plan_x
     feat = (task.feature_dim,)
+    out: da.Array
     if task.fuses_time:
-        return da.map_blocks(
+        out = da.map_blocks(
             run_block, *arrays, task=task, drop_axis=[0], new_axis=[2],
             chunks=(py.out_chunks, px.out_chunks, feat), dtype=np.float32,
             meta=np.empty((0, 0, 0), dtype=np.float32), token="xsky-embed",
         )
-    return da.map_blocks(
+        return out
+    out = da.map_blocks(
         run_block, *arrays, task=task, new_axis=[3],
         chunks=(tuple(time_chunks), py.out_chunks, px.out_chunks, feat), dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), dtype=np.float32), token="xsky-embed",
     )
+    return out
 
 
 def _cell_fraction(*blocks: np.ndarray, nodata: tuple[float | None, ...], has_valid: bool,
@@ -61,7 +64,8 @@ def _cell_fraction(*blocks: np.ndarray, nodata: tuple[float | None, ...], has_va
     pad = ((0, 0), (0, ny * s - h), (0, nx * s - w))
     counts = np.pad(np.ones((h, w), np.float32), pad[1:]).reshape(ny, s, nx, s).sum((1, 3))
     sums = np.pad(valid, pad).reshape(t, ny, s, nx, s).sum((2, 4), dtype=np.float32)
-    return (sums / counts).astype(np.float32)
+    frac: np.ndarray = (sums / counts).astype(np.float32)
+    return frac
 
 
 def build_valid_fraction(bands: Sequence[da.Array], valid: da.Array | None,
@@ -78,8 +82,9 @@ def build_valid_fraction(bands: Sequence[da.Array], valid: da.Array | None,
     arrays = [b.rechunk(chunks) for b in bands]
     if valid is not None:
         arrays.append(valid.rechunk(chunks))
-    return da.map_blocks(
+    frac: da.Array = da.map_blocks(
         _cell_fraction, *arrays, nodata=nodata, has_valid=valid is not None, s=cell,
         chunks=(ref.chunks[0], tuple(out_chunks_y), tuple(out_chunks_x)), dtype=np.float32,
         meta=np.empty((0, 0, 0), np.float32), token="xsky-valid-fraction",
     )
+    return frac

@@ -1,7 +1,9 @@
 """The block kernel: one dask block of input in, one block of embeddings out.
 
-Runs inside tasks. Gathers the windows a block owns, normalises them, runs the model in
-batches and stitches the kept part of each window's output into the block.
+Runs inside tasks, in four steps, each a function: :func:`gather` the windows a block owns,
+:func:`_normalise` them (units, statistics, fill) per batch on the model's device,
+:func:`run_batches` through the model, and :func:`stitch` the kept part of each window's
+output into the block.
 """
 
 from __future__ import annotations
@@ -13,24 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import XSkyError
+from ..exceptions import ModelError
+from ..modalities import Conversion
+from ..models.spec import ModelRef
 from .plan import AxisPlan
 
-__all__ = ["BlockTask", "ModalityInput", "run_block"]
+__all__ = ["BlockTask", "ModalityInput", "gather", "run_batches", "run_block", "stitch"]
 
 
 @dataclass(frozen=True)
 class ModalityInput:
     """How the kernel turns one modality's raw block into model input.
 
-    ``scale``/``convert`` map input units to the model's; then ``(x - mean) / std``.
+    ``conversion`` maps input units to the model's; then ``(x - mean) / std``.
     """
 
     name: str
     n_bands: int
     grid_factor: int
-    convert: str  # "none", "scale", "lin2db", "db2lin"
-    scale: float
+    conversion: Conversion
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     doy: tuple[int, ...] | None = None  # per date, for time-fusing models
@@ -42,7 +45,7 @@ class ModalityInput:
 class BlockTask:
     """Everything a task needs, small and picklable (no weights)."""
 
-    ref: Any  # ModelRef
+    ref: ModelRef
     modalities: tuple[ModalityInput, ...]
     plan_y: AxisPlan
     plan_x: AxisPlan
@@ -59,6 +62,19 @@ class BlockTask:
                 self.plan_x, self.device, self.batch_size, self.precision, self.edge)
 
 
+@dataclass
+class _Gathered:
+    """One block's windows, ready to batch: per modality a ``(items, ...)`` tensor of raw
+    windows and its valid flags, plus the per-cell validity of each modality's footprint."""
+
+    windows: list[Any]
+    flags: list[Any]
+    footprints: list[np.ndarray]
+    n_items: int
+    n_windows: tuple[int, int]
+    n_t: int
+
+
 def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, Any]:
     """Units, normalisation and fill for a batch of raw windows (on the model's device).
 
@@ -66,13 +82,12 @@ def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, A
     false where a band is not finite); invalid pixels become 0, the band mean after
     normalisation.
     """
-    if mod.convert == "scale":
-        xb = xb * mod.scale
-    elif mod.convert == "lin2db":  # non-positive backscatter has no dB value: invalid
-        vb = vb & (xb > 0).all(dim=1)
-        xb = 10.0 * torch.log10(torch.where(xb > 0, xb, 1.0))
-    elif mod.convert == "db2lin":
-        xb = torch.pow(10.0, xb / 10.0)
+    conv = mod.conversion
+    defined = conv.valid(xb)
+    if defined is not None:  # e.g. non-positive backscatter has no dB value: invalid
+        vb = vb & defined.all(dim=1)
+        xb = torch.where(defined, xb, 1.0)
+    xb = conv.apply(xb)
     if mod.mean is not None:
         shape = (-1,) + (1,) * (xb.ndim - 2)
         mean = torch.tensor(mod.mean, dtype=xb.dtype, device=xb.device).view(shape)
@@ -120,36 +135,34 @@ def _real_mask(plan: AxisPlan, block: int, start: int, length: int, g: int) -> n
 
 def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | None = None
               ) -> np.ndarray:
-    """Embed one block.
+    """Embed one block: gather → normalise → batch (model) → stitch.
 
     ``blocks`` holds, per modality, its band blocks ``(T, H, W)`` then its valid block (if
     any), with halos; edge blocks are padded here (``task.edge``).
     """
+    if block_id is None:
+        raise AssertionError("run_block is mapped with dask's block_id")
+    by, bx = (block_id[0], block_id[1]) if task.fuses_time else (block_id[1], block_id[2])
+    gathered = gather(blocks, task, by, bx)
+    out = run_batches(gathered, task)
+    return stitch(out, gathered, task, by, bx)
+
+
+def gather(blocks: Sequence[np.ndarray], task: BlockTask, by: int, bx: int) -> _Gathered:
+    """The windows block ``(by, bx)`` owns, as raw (unnormalised) tensors.
+
+    Per modality: assemble the band blocks into one float32 buffer (NaN at nodata), pad
+    edge blocks, cut windows as strided views and lay them out as one contiguous
+    ``(items, ...)`` tensor, items in ``(t, ky, kx)`` order (per-date) or ``(ky, kx)`` order
+    (time-fusing), so batches are plain slices. Also the validity of each output cell,
+    counting real (unpadded) pixels only.
+    """
     import torch
 
-    from ..runtime.cache import get_model
-    from ..runtime.device import device_lock, resolve_device
-
-    assert block_id is not None
-    by, bx = (block_id[0], block_id[1]) if task.fuses_time else (block_id[1], block_id[2])
     py, px = task.plan_y, task.plan_x
     k0y, k1y = py.windows[by]
     k0x, k1x = px.windows[bx]
     nwy, nwx = k1y - k0y, k1x - k0x
-    s, out_w = py.stride, (py.core // py.stride if task.output == "dense" else 1)
-    oy_n, ox_n = py.out_chunks[by], px.out_chunks[bx]
-    n_t = blocks[0].shape[0]
-
-    device = resolve_device(task.device)
-    model = get_model(task.ref, device)
-    lock = device_lock(device)
-    amp = (
-        torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-        if task.precision == "bfloat16" else contextlib.nullcontext()
-    )
-
-    # per modality: raw windows as strided views (T, C, nwy, nwx, Wm, Wm) and valid flags;
-    # normalisation happens per batch, on the model's device
     views, valids, footprints = [], [], []
     pos = 0
     for mod in task.modalities:
@@ -158,25 +171,21 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
         buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid)
         pos += n_in
         (ylo, yhi), (xlo, xhi) = py.edge_pads(by), px.edge_pads(bx)
-        pads = ((ylo * g, yhi * g), (xlo * g, xhi * g))
-        buf, flag_np = _pad_edges(buf, flag_np, pads, task.edge)
+        buf, flag_np = _pad_edges(buf, flag_np, ((ylo * g, yhi * g), (xlo * g, xhi * g)),
+                                  task.edge)
         vals, flag = torch.from_numpy(buf), torch.from_numpy(flag_np)
         wm, cm = py.window * g, py.core * g
         oy, ox = py.window_offset(by) * g, px.window_offset(bx) * g
         views.append(vals[:, :, oy:, ox:].unfold(2, wm, cm).unfold(3, wm, cm)[:, :, :nwy, :nwx])
         valids.append(flag[:, oy:, ox:].unfold(1, wm, cm).unfold(2, wm, cm)[:, :nwy, :nwx])
-        # validity of each output cell, counting real (unpadded) pixels only
         cy0, cx0 = oy + py.margin_lo * g, ox + px.margin_lo * g
         ly, lx = nwy * py.core * g, nwx * px.core * g
         core_valid = flag_np[:, cy0:cy0 + ly, cx0:cx0 + lx]
         core_valid = core_valid & _real_mask(py, by, cy0, ly, g)[None, :, None]
         core_valid = core_valid & _real_mask(px, bx, cx0, lx, g)[None, None, :]
-        sg = s * g
+        sg = py.stride * g
         cells = core_valid.reshape(buf.shape[0], ly // sg, sg, lx // sg, sg).any(axis=(2, 4))
         footprints.append(cells)
-
-    # windows as one contiguous (items, ...) tensor per modality, items in (t, ky, kx) order
-    # (per-date) or (ky, kx) order (time-fusing): batches are then plain slices
     if task.fuses_time:
         wins = [v.permute(2, 3, 1, 0, 4, 5).reshape(nwy * nwx, *v.shape[1::-1], *v.shape[4:])
                 for v in views]  # (items, C, T, W, W)
@@ -186,16 +195,37 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
         v, va = views[0], valids[0]
         wins = [v.permute(0, 2, 3, 1, 4, 5).reshape(-1, v.shape[1], *v.shape[4:])]
         flags = [va.reshape(-1, *va.shape[3:])]
-    n_items = wins[0].shape[0]
+    return _Gathered(wins, flags, footprints, int(wins[0].shape[0]), (nwy, nwx),
+                     int(blocks[0].shape[0]))
+
+
+def run_batches(g: _Gathered, task: BlockTask) -> np.ndarray:
+    """Normalise and embed the gathered windows ``batch_size`` at a time on the model's
+    device; ``(items, ow, ow, F)`` float32, the kept (centre) part of each window."""
+    import torch
+
+    from ..runtime.cache import get_model
+    from ..runtime.device import device_lock, resolve_device
+
+    py, s = task.plan_y, task.plan_y.stride
+    out_w = py.core // s if task.output == "dense" else 1
+    device = resolve_device(task.device)
+    model = get_model(task.ref, device)
+    lock = device_lock(device)
+    amp = (
+        torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+        if task.precision == "bfloat16" else contextlib.nullcontext()
+    )
+    # date tensors once per block, not per batch
     doys = [None if mod.doy is None else torch.as_tensor(mod.doy, dtype=torch.int64).to(device)
             for mod in task.modalities]
-    out = np.empty((n_items, out_w, out_w, task.feature_dim), np.float32)
+    out = np.empty((g.n_items, out_w, out_w, task.feature_dim), np.float32)
     keep = slice(py.margin_lo // s, py.margin_lo // s + out_w) if task.output == "dense" else None
     with torch.inference_mode(), (lock or contextlib.nullcontext()):
-        for start in range(0, n_items, task.batch_size):
-            stop = min(start + task.batch_size, n_items)
+        for start in range(0, g.n_items, task.batch_size):
+            stop = min(start + task.batch_size, g.n_items)
             inputs: dict[str, Any] = {}
-            for w, f, doy, mod in zip(wins, flags, doys, task.modalities, strict=True):
+            for w, f, doy, mod in zip(g.windows, g.flags, doys, task.modalities, strict=True):
                 xb = w[start:stop].to(device, non_blocking=True)
                 xb, vb = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod, torch)
                 inputs[mod.name] = xb
@@ -209,16 +239,24 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
             if keep is not None:
                 y = y[:, :, keep, keep]
             out[start:stop] = y.permute(0, 2, 3, 1).cpu().numpy()  # (B, ow, ow, F)
-    lead = () if task.fuses_time else (n_t,)
+    return out
+
+
+def stitch(out: np.ndarray, g: _Gathered, task: BlockTask, by: int, bx: int) -> np.ndarray:
+    """Lay the windows' outputs side by side as the block's output pixels; cells with no
+    valid input anywhere become NaN; crop to the block's output size."""
+    py, px = task.plan_y, task.plan_x
+    nwy, nwx = g.n_windows
+    out_w = out.shape[1]
+    oy_n, ox_n = py.out_chunks[by], px.out_chunks[bx]
+    lead = () if task.fuses_time else (g.n_t,)
     out = out.reshape(*lead, nwy, nwx, out_w, out_w, task.feature_dim)
     out = np.moveaxis(out, -3, -4).reshape(*lead, nwy * out_w, nwx * out_w, task.feature_dim)
-
-    # cells with no valid input anywhere get NaN
     if task.fuses_time:
-        any_valid = np.logical_or.reduce([f.any(axis=0) for f in footprints])
+        any_valid = np.logical_or.reduce([f.any(axis=0) for f in g.footprints])
         out[~any_valid] = np.nan
         return out[:oy_n, :ox_n]
-    out[~footprints[0]] = np.nan
+    out[~g.footprints[0]] = np.nan
     return out[:, :oy_n, :ox_n]
 
 
@@ -233,7 +271,7 @@ def _check_output(y: Any, n: int, task: BlockTask, torch: Any) -> Any:
         if isinstance(y, torch.Tensor) and tuple(y.shape) == want:
             return y
     got = tuple(y.shape) if hasattr(y, "shape") else type(y).__name__
-    raise XSkyError(
+    raise ModelError(
         f"model {task.ref.spec.name!r} returned {got} for a batch of {n} windows; expected {want} "
         "as declared by its spec (feature_dim, window, stride, output)"
     )

@@ -15,7 +15,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ..exceptions import DimensionError, XSkyError
+from ..exceptions import ArgumentError, DimensionError
 
 __all__ = ["AxisPlan", "plan_axis", "window_geometry"]
 
@@ -40,14 +40,14 @@ def window_geometry(
     """
     if output == "pooled":
         if overlap:
-            raise XSkyError(
+            raise ArgumentError(
                 "overlap applies to dense models only; a pooled model's windows are placed "
                 "every `stride` pixels (set stride= instead)"
             )
         lo = (window - stride) // 2
         return stride, lo, window - stride - lo
     if overlap < 0 or overlap % stride or 2 * overlap >= window:
-        raise XSkyError(
+        raise ArgumentError(
             f"overlap={overlap} is invalid for window {window} and stride {stride}: it must be a "
             f"non-negative multiple of the stride and less than half the window (max "
             f"{((window - 1) // 2) // stride * stride})"

@@ -18,7 +18,7 @@ from collections.abc import Collection
 
 import xarray as xr
 
-from ..exceptions import XSkyError
+from ..exceptions import ArgumentError
 
 __all__ = ["SCL_CLASSES", "default_scl_mask", "resolve_scl_mask", "scl_valid"]
 
@@ -54,16 +54,16 @@ def resolve_scl_mask(scl_mask: Collection[int] | None, snow: bool) -> tuple[int,
     if scl_mask is None:
         return default_scl_mask(snow)
     if snow:
-        raise XSkyError(
+        raise ArgumentError(
             "pass either snow=True or an explicit scl_mask=, not both: scl_mask lists every "
             "class to mask, so leave 11 (snow/ice) out of it to keep snow"
         )
     if isinstance(scl_mask, str | bytes):
-        raise XSkyError(f"scl_mask must be a collection of SCL class numbers, got {scl_mask!r}")
+        raise ArgumentError(f"scl_mask must be a collection of SCL class numbers, got {scl_mask!r}")
     out = []
     for c in scl_mask:
         if isinstance(c, bool) or not isinstance(c, int) or c not in SCL_CLASSES:
-            raise XSkyError(
+            raise ArgumentError(
                 f"scl_mask contains {c!r}, which is not an SCL class; valid classes are "
                 + ", ".join(f"{k} ({v})" for k, v in SCL_CLASSES.items())
             )

@@ -26,6 +26,8 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
+from .. import modalities
+
 __all__ = [
     "S2_NODATA",
     "S2_QUANTIFICATION",
@@ -36,8 +38,8 @@ __all__ = [
     "s2_reflectance",
 ]
 
-S2_QUANTIFICATION = 10000.0
-S2_NODATA = 0
+S2_QUANTIFICATION = 10000.0  # L2A quantification value (a processing-baseline fact)
+S2_NODATA = int(modalities.get("s2").nodata or 0)  # the table's Sentinel-2 no-data DN
 S2_BOA_ADD_OFFSET = 1000  # subtracted from DN for baseline >= 04.00
 _BASELINE_CHANGE = datetime(2022, 1, 25, tzinfo=UTC)
 
@@ -125,15 +127,18 @@ def s2_reflectance(dn: xr.DataArray, offset: int | xr.DataArray) -> xr.DataArray
 
 
 def linear_to_db(linear: xr.DataArray) -> xr.DataArray:
-    """``10·log10(linear)`` as float32, NaN where ``linear`` is not a positive finite number."""
+    """``10·log10(linear)`` as float32, NaN where ``linear`` is not a positive finite number.
+
+    The formula is :func:`xsky.modalities.conversion` ``("linear", "db")``.
+    """
+    conv = modalities.conversion("linear", "db", "s1")
     lin = linear.astype("float32")
-    ok = cast(xr.DataArray, np.isfinite(lin)) & (lin > 0)
+    ok = cast(xr.DataArray, np.isfinite(lin)) & cast(xr.DataArray, conv.valid(lin))
     # where() first so log10 never sees 0 or negatives (no runtime warnings)
-    out = cast(xr.DataArray, np.float32(10) * np.log10(lin.where(ok)))
-    return out.astype("float32")
+    return cast(xr.DataArray, conv.apply(lin.where(ok))).astype("float32")
 
 
 def db_to_linear(db: xr.DataArray) -> xr.DataArray:
-    """``10 ** (db / 10)`` as float32."""
-    d = db.astype("float32")
-    return (np.float32(10) ** (d / np.float32(10))).astype("float32")
+    """``10 ** (db / 10)`` as float32 (:func:`xsky.modalities.conversion` ``("db", "linear")``)."""
+    conv = modalities.conversion("db", "linear", "s1")
+    return cast(xr.DataArray, conv.apply(db.astype("float32"))).astype("float32")

@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
+from .. import _coerce, modalities
 from .._interop import require
-from ..exceptions import BandMismatchError, CRSError, XSkyError, format_choices
-from .bands import S2_BANDS, canonical_band
+from ..exceptions import (
+    ArgumentError,
+    BandMismatchError,
+    CRSError,
+    DataError,
+    UnitsError,
+    format_choices,
+)
+from ..modalities import canonical_band
 from .masks import resolve_scl_mask, scl_valid
 from .scaling import (
     S2_NODATA,
@@ -44,10 +51,7 @@ __all__ = ["load_stac", "read_items"]
 
 log = logging.getLogger(__name__)
 
-Modality = Literal["s2", "s1", "hr"]
-_MODALITIES = ("s2", "s1", "hr")
-_S1_BANDS = ("VV", "VH", "HH", "HV")
-_HR_BANDS = ("red", "green", "blue", "nir")
+_MASK_LAYERS = ("SCL",)  # non-spectral layers load_stac knows how to use (S2 L2A scene class)
 _S2_DEFAULT_EXCLUDE = ("B10",)  # not in L2A products
 _DEFAULT_CHUNK = 2048
 _NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual", "tiles"}
@@ -72,9 +76,10 @@ def read_items(source: Any) -> list[pystac.Item]:
 
     Raises
     ------
-    XSkyError
-        When ``source`` is none of the above, or a dict/file is not a STAC Item or
-        FeatureCollection.
+    ArgumentError
+        When ``source`` is none of the above, or a path that does not exist.
+    DataError
+        When a dict/file is not a STAC Item or FeatureCollection.
     """
     _pystac = require("pystac", "reading STAC items")
     if isinstance(source, _pystac.Item):
@@ -95,12 +100,12 @@ def read_items(source: Any) -> list[pystac.Item]:
             elif isinstance(it, Mapping):
                 out.extend(_items_from_dict(dict(it), where=f"element {i} of items"))
             else:
-                raise XSkyError(
+                raise ArgumentError(
                     f"element {i} of items is a {type(it).__name__}, expected a pystac.Item "
                     "or a STAC Item dict"
                 )
         return out
-    raise XSkyError(
+    raise ArgumentError(
         f"items must be STAC items (pystac.Item, ItemCollection, list of items, item dicts, "
         f"a FeatureCollection or a path to a JSON file), got {type(source).__name__}"
     )
@@ -113,12 +118,12 @@ def _items_from_dict(d: dict[str, Any], where: str, base: Path | None = None) ->
     if kind == "FeatureCollection":
         feats = d.get("features")
         if not isinstance(feats, list):
-            raise XSkyError(f"{where} is a FeatureCollection without a 'features' list")
+            raise DataError(f"{where} is a FeatureCollection without a 'features' list")
         dicts = feats
     elif kind == "Feature":
         dicts = [d]
     else:
-        raise XSkyError(
+        raise DataError(
             f"{where} is not a STAC Item or FeatureCollection (its 'type' is {kind!r}, "
             "expected 'Feature' or 'FeatureCollection')"
         )
@@ -127,7 +132,7 @@ def _items_from_dict(d: dict[str, Any], where: str, base: Path | None = None) ->
         try:
             item = pystac.Item.from_dict(f, preserve_dict=True)
         except Exception as err:
-            raise XSkyError(f"feature {j} of {where} is not a valid STAC Item: {err}") from err
+            raise DataError(f"feature {j} of {where} is not a valid STAC Item: {err}") from err
         if base is not None:
             for asset in item.assets.values():
                 if "://" not in asset.href and not Path(asset.href).is_absolute():
@@ -138,13 +143,13 @@ def _items_from_dict(d: dict[str, Any], where: str, base: Path | None = None) ->
 
 def _items_from_file(path: Path) -> list[Any]:
     if not path.is_file():
-        raise XSkyError(f"STAC item file {str(path)!r} does not exist")
+        raise ArgumentError(f"STAC item file {str(path)!r} does not exist")
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise XSkyError(f"cannot read STAC items from {str(path)!r}: {err}") from err
+        raise DataError(f"cannot read STAC items from {str(path)!r}: {err}") from err
     if not isinstance(d, dict):
-        raise XSkyError(f"{str(path)!r} holds JSON {type(d).__name__}, not a STAC Item/FeatureCollection")
+        raise DataError(f"{str(path)!r} holds JSON {type(d).__name__}, not a STAC Item/FeatureCollection")
     return _items_from_dict(d, where=repr(str(path)), base=path.parent.resolve())
 
 
@@ -153,39 +158,8 @@ def _item_time(item: Any) -> datetime:
     if t is None:
         t = item.common_metadata.start_datetime
     if t is None:
-        raise XSkyError(f"item {item.id!r} has neither 'datetime' nor 'start_datetime'")
+        raise DataError(f"item {item.id!r} has neither 'datetime' nor 'start_datetime'")
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def _coerce_time(time: Any) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """``"2020-01-01/2020-06-30"``, ``("2020-01", "2020-06")`` or ``"2020"`` to a UTC range."""
-    if time is None:
-        return None
-    if isinstance(time, str):
-        parts = time.split("/") if "/" in time else [time, time]
-    elif isinstance(time, Sequence) and len(time) == 2:
-        parts = list(time)
-    else:
-        raise XSkyError(
-            f"time must be 'start/end', a (start, end) pair or one date, got {time!r}"
-        )
-    out = []
-    for k, p in enumerate(parts):
-        if p in (None, "", ".."):
-            out.append(pd.Timestamp.min.tz_localize("UTC") if k == 0 else pd.Timestamp.max.tz_localize("UTC"))
-            continue
-        try:
-            per = pd.Period(str(p)) if isinstance(p, str) and len(str(p)) <= 10 else None
-            ts = pd.Timestamp(p)
-        except (ValueError, TypeError) as err:
-            raise XSkyError(f"time bound {p!r} is not a date: {err}") from err
-        if per is not None and k == 1:
-            ts = per.end_time  # '2020-06' means until the end of June
-        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        out.append(ts)
-    if out[0] > out[1]:
-        raise XSkyError(f"time range {time!r} ends before it starts")
-    return out[0], out[1]
 
 
 # --------------------------------------------------------------------------- bands
@@ -199,11 +173,9 @@ class _Asset:
 
 
 def _allowed(modality: str) -> tuple[str, ...]:
-    if modality == "s2":
-        return (*S2_BANDS, "SCL")
-    if modality == "s1":
-        return _S1_BANDS
-    return _HR_BANDS
+    """The modality's bands (from :mod:`xsky.modalities`) and the mask layers it offers."""
+    mod = modalities.get(modality)
+    return (*mod.bands, *(b for b in mod.extra_bands if b in _MASK_LAYERS))
 
 
 def _canonical(name: str, modality: str) -> str:
@@ -282,7 +254,7 @@ def _coerce_bands(bands: str | Sequence[str] | None, modality: str) -> list[str]
     allowed = _allowed(modality)
     for b in bands:
         if not isinstance(b, str):
-            raise XSkyError(f"band names must be strings, got {b!r}")
+            raise ArgumentError(f"band names must be strings, got {b!r}")
         c = _canonical(b, modality)
         if c not in allowed:
             raise BandMismatchError(
@@ -292,7 +264,7 @@ def _coerce_bands(bands: str | Sequence[str] | None, modality: str) -> list[str]
         if c not in out:
             out.append(c)
     if not out:
-        raise XSkyError("bands is empty; list at least one band or pass bands=None for all")
+        raise ArgumentError("bands is empty; list at least one band or pass bands=None for all")
     return out
 
 
@@ -318,35 +290,6 @@ def _footprint(item: Any) -> Any | None:
     return None
 
 
-def _coerce_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
-    if bbox is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in bbox)
-    except (TypeError, ValueError) as err:
-        raise XSkyError(
-            f"bbox must be 4 numbers (min lon, min lat, max lon, max lat), got {bbox!r}"
-        ) from err
-    if len(vals) != 4:
-        raise XSkyError(
-            f"bbox must be 4 numbers (min lon, min lat, max lon, max lat), got {len(vals)}: {bbox!r}"
-        )
-    x0, y0, x1, y1 = vals
-    if not all(math.isfinite(v) for v in vals):
-        raise XSkyError(f"bbox {bbox!r} contains NaN or inf")
-    if x0 >= x1 or y0 >= y1:
-        raise XSkyError(
-            f"bbox {bbox!r} is empty or inverted: expected (min lon, min lat, max lon, max lat) "
-            "with min < max"
-        )
-    if not (-180 <= x0 <= 180 and -180 <= x1 <= 180 and -90 <= y0 <= 90 and -90 <= y1 <= 90):
-        raise XSkyError(
-            f"bbox {bbox!r} is outside lon [-180, 180] / lat [-90, 90]; bbox is in degrees "
-            "(EPSG:4326), not in the CRS of the data"
-        )
-    return x0, y0, x1, y1
-
-
 def _like_geobox(like: Any) -> GeoBox:
     from odc.geo.geobox import GeoBox
 
@@ -362,7 +305,7 @@ def _like_geobox(like: Any) -> GeoBox:
             "like= has no usable pixel grid (no CRS or no regular x/y coordinates); pass a "
             "Dataset loaded with xsky.load_stac, or write its CRS with obj.rio.write_crs(...)"
         )
-    raise XSkyError(
+    raise ArgumentError(
         f"like= must be an xarray Dataset/DataArray or an odc.geo GeoBox, got {type(like).__name__}"
     )
 
@@ -383,14 +326,14 @@ def _coerce_resolution(resolution: Any) -> Any:
 
     if isinstance(resolution, int | float) and not isinstance(resolution, bool):
         if not (resolution > 0 and math.isfinite(resolution)):
-            raise XSkyError(f"resolution must be a positive number, got {resolution!r}")
+            raise ArgumentError(f"resolution must be a positive number, got {resolution!r}")
         return res_(float(resolution))
     if isinstance(resolution, Sequence) and len(resolution) == 2:
         rx, ry = (abs(float(v)) for v in resolution)
         if not (rx > 0 and ry > 0):
-            raise XSkyError(f"resolution must be positive, got {resolution!r}")
+            raise ArgumentError(f"resolution must be positive, got {resolution!r}")
         return resxy_(rx, -ry)
-    raise XSkyError(f"resolution must be a number or an (x, y) pair, got {resolution!r}")
+    raise ArgumentError(f"resolution must be a number or an (x, y) pair, got {resolution!r}")
 
 
 def _output_geobox(
@@ -411,7 +354,7 @@ def _output_geobox(
     if crs == "utm" or not native:
         gbox = odc.stac.output_geobox(parsed, bands=bands, crs=crs, resolution=resolution, bbox=bbox)
         if gbox is None:
-            raise XSkyError("cannot work out the output grid from the items; pass crs= and resolution=")
+            raise CRSError("cannot work out the output grid from the items; pass crs= and resolution=")
         return gbox
     ref = native[0]
     out_crs = crs if crs is not None else ref.crs
@@ -441,14 +384,14 @@ def _chunks_for(chunks: Any, gbox: GeoBox) -> dict[str, int]:
     if isinstance(chunks, int) and not isinstance(chunks, bool):
         return {"time": 1, ydim: chunks, xdim: chunks}
     if not isinstance(chunks, Mapping):
-        raise XSkyError(f"chunks must be an int or a dict like {{'x': 2048, 'y': 2048}}, got {chunks!r}")
+        raise ArgumentError(f"chunks must be an int or a dict like {{'x': 2048, 'y': 2048}}, got {chunks!r}")
     out: dict[str, Any] = {"time": 1}
     for k, v in chunks.items():
         key = {"y": ydim, "x": xdim, "latitude": ydim, "longitude": xdim}.get(k, k)
         if key not in ("time", ydim, xdim):
-            raise XSkyError(f"chunks has unknown dimension {k!r}; use 'time', 'y' and 'x'")
+            raise ArgumentError(f"chunks has unknown dimension {k!r}; use 'time', 'y' and 'x'")
         if not (v == -1 or v == "auto" or (isinstance(v, int) and v > 0)):
-            raise XSkyError(f"chunk size for {k!r} must be a positive int, -1 or 'auto', got {v!r}")
+            raise ArgumentError(f"chunk size for {k!r} must be a positive int, -1 or 'auto', got {v!r}")
         out[key] = v
     return out
 
@@ -456,14 +399,14 @@ def _chunks_for(chunks: Any, gbox: GeoBox) -> dict[str, int]:
 def _check_collection(items: list[Any]) -> str | None:
     """The items' one collection id; band names, scaling and nodata are per collection."""
     if not items:
-        raise XSkyError(
+        raise DataError(
             "no STAC items to load: the search returned nothing; widen its bbox, datetime or "
             "cloud-cover filter"
         )
     colls = sorted({str(it.collection_id) for it in items if it.collection_id})
     if len(colls) > 1:
         counts = {c: sum(it.collection_id == c for it in items) for c in colls}
-        raise XSkyError(
+        raise DataError(
             f"items come from {len(colls)} collections {counts}; load_stac loads one "
             "collection at a time (their band names, scaling and grids differ): filter the "
             "items, e.g. [it for it in items if it.collection_id == "
@@ -480,7 +423,7 @@ def _filter_items(
         kept = [it for it in items if trange[0] <= _item_time(it) <= trange[1]]
         if not kept:
             times = sorted(_item_time(it) for it in items)
-            raise XSkyError(
+            raise DataError(
                 f"no item falls in time={time!r}; the {len(items)} items span "
                 f"{times[0]:%Y-%m-%d} .. {times[-1]:%Y-%m-%d}"
             )
@@ -503,7 +446,7 @@ def _filter_items(
 
         union = unary_union([fp for _, fp in prints if fp is not None])
         ext = tuple(round(v, 4) for v in union.bounds)
-        raise XSkyError(
+        raise DataError(
             f"{area_desc} does not overlap any of the {len(items)} items (they cover "
             f"lon/lat {ext}); check the order (min lon, min lat, max lon, max lat) and that "
             "the bbox is in degrees"
@@ -523,12 +466,14 @@ def _resolve_assets(
     """Per-item band assets, the bands to return, ``{band: odc-stac name}``, whether SCL loads."""
     per_item = [_item_bands(it, modality) for it in items]
     first = per_item[0]
-    if not any(b != "SCL" for b in first):
-        hint = {"s2": "s1", "s1": "s2", "hr": "s2"}[modality]
+    if not any(b not in _MASK_LAYERS for b in first):
+        # which other modality of the table the assets look like
+        hint = next((m for m in modalities.names() if m != modality and any(
+            b not in _MASK_LAYERS for b in _item_bands(items[0], m))), None)
         raise BandMismatchError(
             f"item {items[0].id!r} (collection {collection!r}) has no "
-            f"{modality.upper()} band assets; its assets are {sorted(items[0].assets)}. Is "
-            f"modality={hint!r} meant?"
+            f"{modality.upper()} band assets; its assets are {sorted(items[0].assets)}."
+            + (f" Is modality={hint!r} meant?" if hint else "")
         )
     if want is None:
         want = _sort_bands(
@@ -574,7 +519,7 @@ def _resolve_assets(
 def load_stac(
     items: Any,
     *,
-    modality: Modality = "s2",
+    modality: str = "s2",
     bands: str | Sequence[str] | None = None,
     bbox: Sequence[float] | None = None,
     crs: Any = None,
@@ -600,8 +545,10 @@ def load_stac(
         :class:`pystac.Item` or item dicts, a FeatureCollection dict, or a path to a JSON /
         GeoJSON file (see :func:`read_items`). All items must come from one collection.
     modality
-        ``"s2"`` (Sentinel-2 L2A), ``"s1"`` (Sentinel-1 RTC/calibrated backscatter) or
-        ``"hr"`` (high-resolution red/green/blue/nir).
+        ``"s2"`` (Sentinel-2 L2A), ``"s1"`` (Sentinel-1 RTC/calibrated backscatter),
+        ``"hr"`` (high-resolution red/green/blue/nir) or any modality registered with
+        :func:`xsky.modalities.register_modality` (loaded like HR: values as stored, in
+        the modality's ``int_units``).
     bands
         Bands to load, in any spelling (``"B02"``, ``"blue"``, ``"B2"``, ``"vv"``); output
         variables use canonical names (``B02`` ... ``B12``, ``B8A``, ``VV``, ``VH``). Default:
@@ -663,15 +610,19 @@ def load_stac(
 
     Raises
     ------
-    XSkyError
+    ArgumentError
+        Invalid options (an unknown modality, a bad bbox, time range, chunks, ...).
+    DataError
         No items (an empty search); items from several collections; a bbox or time range
-        that no item overlaps; items with no projection metadata and no ``crs=`` and
-        ``resolution=``; invalid options.
+        that no item overlaps.
+    UnitsError
+        Sentinel-1 GRD items holding uncalibrated digital numbers.
     BandMismatchError
         An item lacks an asset for a requested band, or the items have no band of the
         modality.
     CRSError
-        Items in several CRSs and no ``crs=`` (or ``like=``); an unknown ``crs``.
+        Items in several CRSs and no ``crs=`` (or ``like=``); an unknown ``crs``; items
+        with no projection metadata and no ``crs=`` and ``resolution=``.
 
     Notes
     -----
@@ -688,20 +639,19 @@ def load_stac(
     odc_stac = require("odc.stac", "xsky.load_stac")
     require("pystac", "xsky.load_stac")
 
-    if modality not in _MODALITIES:
-        raise XSkyError(f"unknown modality {modality!r}; choose one of {format_choices(_MODALITIES)}")
+    mod = modalities.get(modality)  # ArgumentError naming the registered modalities
     want = _coerce_bands(bands, modality)
-    bbox_t = _coerce_bbox(bbox)
-    trange = _coerce_time(time)
+    bbox_t = _coerce.bbox(bbox)
+    trange = _coerce.time_range(time)
     crs_v = _coerce_crs(crs)
     if s1_units not in (None, "linear", "db"):
-        raise XSkyError(f"s1_units must be 'linear', 'db' or None, got {s1_units!r}")
+        raise ArgumentError(f"s1_units must be 'linear', 'db' or None, got {s1_units!r}")
     masked_scl = resolve_scl_mask(scl_mask, snow) if modality == "s2" else ()
     like_gbox = None
     if like is not None:
         extra = [n for n, v in (("bbox", bbox), ("crs", crs), ("resolution", resolution)) if v is not None]
         if extra:
-            raise XSkyError(
+            raise ArgumentError(
                 f"like= fixes the output grid, so {', '.join(extra)}= cannot be used with it; "
                 "crop the result with .sel() or .odc.crop() instead"
             )
@@ -714,14 +664,14 @@ def load_stac(
                                                       collection)
 
     s1_db = {b: _s1_is_db(b, item_list, per_item, s1_units) for b in names} if modality == "s1" else {}
-    hr_units = _hr_units(item_list[0], [per_item[0][b] for b in names]) if modality == "hr" else ""
+    raw_units = _stored_units(item_list[0], [per_item[0][b] for b in names], mod)
 
     # projection metadata and CRS
     parsed = list(odc_stac.parse_items(item_list))
     odc_bands = list(names.values())
     no_proj = [p.id for p in parsed if not p.geoboxes(odc_bands)]
     if no_proj and like_gbox is None and (crs_v is None or resolution is None):
-        raise XSkyError(
+        raise CRSError(
             f"{len(no_proj)} item(s), e.g. {no_proj[0]!r}, have no projection metadata "
             "(proj:epsg/proj:code with proj:transform and proj:shape) for the bands "
             f"{list(names)}, so their pixel grid is unknown; pass crs= and resolution= "
@@ -739,7 +689,7 @@ def load_stac(
         from odc.geo import CRS
 
         if CRS(native).units != crs_v.units:
-            raise XSkyError(
+            raise ArgumentError(
                 f"crs={crs!r} is in {crs_v.units[0]} but the items' native grid ({native}) "
                 f"is in {CRS(native).units[0]}, so the native resolution cannot be reused; "
                 "pass resolution= in the units of the new CRS"
@@ -758,12 +708,12 @@ def load_stac(
         for k, v in resampling.items():
             c = k if k == "*" else _canonical(k, modality)
             if c != "*" and c not in names:
-                raise XSkyError(
+                raise ArgumentError(
                     f"resampling names band {k!r}, which is not loaded; loaded bands are {list(names)}"
                 )
             res_cfg[names.get(c, "*")] = v
     else:
-        raise XSkyError(f"resampling must be a method name or a {{band: method}} dict, got {resampling!r}")
+        raise ArgumentError(f"resampling must be a method name or a {{band: method}} dict, got {resampling!r}")
     if load_scl:
         res_cfg[names["SCL"]] = "nearest"  # categorical
 
@@ -792,7 +742,7 @@ def load_stac(
     if modality == "s2":
         offsets = offsets_of(raw)
 
-    ds = _finish(raw, names, modality, offsets, masked_scl, load_scl, want, db, s1_db, hr_units)
+    ds = _finish(raw, names, modality, offsets, masked_scl, load_scl, want, db, s1_db, raw_units)
     ydim, xdim = gbox.dimensions
     if (ydim, xdim) != ("y", "x"):
         ds = ds.rename({ydim: "y", xdim: "x"})
@@ -832,7 +782,7 @@ def _offset_groupby(
         def base(item: Any, p: Any, idx: int) -> Any:
             return item.properties.get(groupby)
     else:
-        raise XSkyError(
+        raise ArgumentError(
             f"groupby must be 'solar_day', 'time', 'id', a property name or a callable, got {groupby!r}"
         )
     index = {id(it): i for i, it in enumerate(items)}
@@ -849,7 +799,7 @@ def _offset_groupby(
         times = np.array([np.datetime64(groups[k].replace(tzinfo=None), "ns") for k in ks])
         got = ds["time"].values.astype("datetime64[ns]")
         if len(times) != len(got) or not np.array_equal(times, got):
-            raise XSkyError(  # an odc-stac grouping change would make offsets ambiguous
+            raise DataError(  # an odc-stac grouping change would make offsets ambiguous
                 "internal: cannot match time steps to Sentinel-2 BOA offsets; report this with "
                 "your odc-stac version"
             )
@@ -868,7 +818,7 @@ def _finish(
     want: list[str],
     db: bool,
     s1_db: Mapping[str, bool],
-    hr_units: str,
+    raw_units: str,
 ) -> xr.Dataset:
     bands = [b for b in want if b != "SCL"]
     out: dict[str, xr.DataArray] = {}
@@ -919,7 +869,7 @@ def _finish(
                 ok = ok & (x != nod)
             valid = and_(valid, ok)
             da = x.where(ok).astype("float32")
-            da.attrs = {"units": hr_units, "long_name": f"{b} digital number"}
+            da.attrs = {"units": raw_units, "long_name": f"{b} digital number"}
             out[b] = da
     assert valid is not None
     valid = valid.astype(bool)
@@ -934,9 +884,12 @@ def _finish(
     return ds
 
 
-def _hr_units(item: Any, assets: list[_Asset]) -> str:
-    """``"rgb255"`` for 8-bit imagery (stated, or unstated as is usual for aerial RGB),
-    else ``"dn"``."""
+def _stored_units(item: Any, assets: list[_Asset], mod: modalities.Modality) -> str:
+    """Units of integer files of a modality without its own scaling (HR imagery):
+    the table's ``int_units``, except that ``"rgb255"`` needs 8-bit files (stated, or
+    unstated as is usual for aerial RGB), else the values are plain ``"dn"``."""
+    if mod.int_units != "rgb255":
+        return mod.int_units
     for a in assets:
         key, _, idx = a.band.partition(".")
         rb = item.assets[key].extra_fields.get("raster:bands") or []
@@ -961,7 +914,7 @@ def _s1_is_db(band: str, items: list[Any], per_item: list[dict[str, _Asset]], s1
     coll = str(it.collection_id or "").lower()
     is_grd = ptype == "GRD" or (not ptype and "grd" in coll)
     if is_grd and dtype in (None, "uint16", "int16", "uint8"):
-        raise XSkyError(
+        raise UnitsError(
             f"item {it.id!r} is a Sentinel-1 GRD product whose {band} asset "
             f"({asset.href.rsplit('/', 1)[-1]}) holds uncalibrated digital numbers, not "
             "backscatter; use a calibrated/RTC collection (e.g. Planetary Computer "

@@ -1,9 +1,10 @@
 """Model registry, model contract and the bundled models.
 
-The contract (:class:`ModelSpec`, :class:`ModalitySpec`, :class:`ModelRef`) imports without
-torch. Everything else (the registry, :class:`EmbeddingModel`, :func:`wrap`, the bundled
-models) needs torch (``pip install 'xsky[torch]'``) and is imported on first use; the first
-use also registers the bundled models (test-tiny, satclip-*, skysense-*).
+The contract (:class:`ModelSpec`, :class:`ModalitySpec`, :class:`ModelRef`) and the model
+cards (:class:`ModelCard`, :class:`WeightFile`) import without torch. Everything else (the
+registry, :class:`EmbeddingModel`, :func:`wrap`, the bundled models) needs torch
+(``pip install 'xsky[torch]'``) and is imported on first use; the first use also registers
+the bundled models (test-tiny, satclip-*, skysense-*).
 """
 
 from __future__ import annotations
@@ -11,25 +12,38 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .spec import ModalitySpec, ModelRef, ModelSpec
+from .card import ModelCard, WeightFile
+from .spec import LocationRef, ModalitySpec, ModelRef, ModelSpec
 
 if TYPE_CHECKING:
     from ._base import EmbeddingModel, state_dict_sha256
-    from ._checkpoint import file_sha256, load_checkpoint
-    from ._registry import create_model, get_model_spec, list_models, register_model
+    from ._checkpoint import LoadReport, file_sha256, load_checkpoint, load_weights
+    from ._registry import (
+        create_model,
+        get_model_card,
+        get_model_spec,
+        list_models,
+        register_model,
+    )
     from ._wrap import WrappedModel, wrap
 
 __all__ = [
     "EmbeddingModel",
+    "LoadReport",
+    "LocationRef",
     "ModalitySpec",
+    "ModelCard",
     "ModelRef",
     "ModelSpec",
+    "WeightFile",
     "WrappedModel",
     "create_model",
     "file_sha256",
+    "get_model_card",
     "get_model_spec",
     "list_models",
     "load_checkpoint",
+    "load_weights",
     "register_model",
     "state_dict_sha256",
     "wrap",
@@ -38,9 +52,12 @@ __all__ = [
 _LAZY = {
     "EmbeddingModel": "_base",
     "state_dict_sha256": "_base",
+    "LoadReport": "_checkpoint",
     "file_sha256": "_checkpoint",
     "load_checkpoint": "_checkpoint",
+    "load_weights": "_checkpoint",
     "create_model": "_registry",
+    "get_model_card": "_registry",
     "get_model_spec": "_registry",
     "list_models": "_registry",
     "register_model": "_registry",

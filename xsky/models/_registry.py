@@ -13,12 +13,19 @@ from typing import Any, overload
 
 import torch
 
-from ..exceptions import UnknownModelError, XSkyError, format_choices
+from ..exceptions import (
+    ArgumentError,
+    CheckpointError,
+    ModelError,
+    UnknownModelError,
+    format_choices,
+)
 from ._base import EmbeddingModel
 from ._checkpoint import file_sha256
+from .card import ModelCard
 from .spec import ModelSpec
 
-__all__ = ["create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = ["create_model", "get_model_card", "get_model_spec", "list_models", "register_model"]
 
 Factory = Callable[..., EmbeddingModel]
 
@@ -28,6 +35,7 @@ class _Entry:
     name: str
     factory: Factory
     spec: ModelSpec | None
+    card: ModelCard | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -37,10 +45,12 @@ _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 @overload
 def register_model(name: str, factory: None = None, *, spec: ModelSpec | None = None,
+                   card: ModelCard | None = None,
                    overwrite: bool = False) -> Callable[[Factory], Factory]: ...
 @overload
 def register_model(name: str, factory: Factory | EmbeddingModel, *,
-                   spec: ModelSpec | None = None, overwrite: bool = False) -> Factory: ...
+                   spec: ModelSpec | None = None, card: ModelCard | None = None,
+                   overwrite: bool = False) -> Factory: ...
 
 
 def register_model(
@@ -48,6 +58,7 @@ def register_model(
     factory: Factory | EmbeddingModel | None = None,
     *,
     spec: ModelSpec | None = None,
+    card: ModelCard | None = None,
     overwrite: bool = False,
 ) -> Any:
     """Register a model under ``name``.
@@ -62,8 +73,10 @@ def register_model(
     factory
         Factory function, or an :class:`EmbeddingModel` instance.
     spec
-        The default spec (model card) shown by ``list_models``/``get_model_spec`` without
-        building the model.
+        The default spec shown by ``get_model_spec`` without building the model.
+    card
+        The :class:`~xsky.models.card.ModelCard` (licence, paper, weight files, ...) shown by
+        :func:`get_model_card`; by default a minimal card derived from the spec.
     overwrite
         Replace an existing entry instead of raising.
 
@@ -77,21 +90,19 @@ def register_model(
     True
     """
     if not isinstance(name, str) or not name:
-        raise XSkyError(f"model name must be a non-empty string, got {name!r}")
+        raise ArgumentError(f"model name must be a non-empty string, got {name!r}")
 
     def _register(fn: Factory | EmbeddingModel) -> Factory:
         if isinstance(fn, EmbeddingModel):
             model = fn
             default_spec = spec or model.spec.replace(name=name)
             model.spec = default_spec
+            # the runtime rebuilds it by name: create_model(name) returns this instance
             model.set_ref(name, sha256=model.weights_sha256)
-            from ..runtime.cache import put_model
-
-            put_model(model)
 
             def _instance_factory(weights: Any = None, **overrides: Any) -> EmbeddingModel:
                 if weights is not None or overrides:
-                    raise XSkyError(
+                    raise ArgumentError(
                         f"model {name!r} was registered as a ready instance; it takes no "
                         "weights or overrides. Register a factory function to allow them."
                     )
@@ -102,17 +113,27 @@ def register_model(
             factory_fn = fn
             default_spec = spec  # type: ignore[assignment]
         else:
-            raise XSkyError(
+            raise ArgumentError(
                 f"register_model({name!r}, ...) needs a factory function or an EmbeddingModel, "
                 f"got {type(fn).__name__}"
             )
+        if card is not None and not isinstance(card, ModelCard):
+            raise ArgumentError(
+                f"register_model({name!r}, card=...) needs an xsky.models.ModelCard, got "
+                f"{type(card).__name__}"
+            )
+        if card is not None and card.name != name:
+            raise ArgumentError(
+                f"register_model({name!r}, card=...): the card is for {card.name!r}; build it "
+                f"for {name!r}"
+            )
         with _LOCK:
             if name in _REGISTRY and not overwrite and _REGISTRY[name].factory is not factory_fn:
-                raise XSkyError(
+                raise ArgumentError(
                     f"a model named {name!r} is already registered; pick another name or pass "
                     "overwrite=True"
                 )
-            _REGISTRY[name] = _Entry(name, factory_fn, default_spec)
+            _REGISTRY[name] = _Entry(name, factory_fn, default_spec, card)
         return fn if not isinstance(fn, EmbeddingModel) else factory_fn
 
     if factory is None:
@@ -138,11 +159,34 @@ def _entry(name: str) -> _Entry:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The spec (model card) of a registered model, without building it."""
+    """The spec of a registered model, without building it."""
     entry = _entry(name)
     if entry.spec is not None:
         return entry.spec
     return create_model(name).spec
+
+
+def get_model_card(name: str) -> ModelCard:
+    """The model card of a registered model: inputs, sizes, weight files, licence, paper.
+
+    Models registered without a card get a minimal one derived from their spec (its
+    licence and description are then empty).
+
+    Examples
+    --------
+    >>> import xsky.models as xm
+    >>> card = xm.get_model_card("satclip-resnet18-l10")
+    >>> card.license, card.weights[0].name
+    ('MIT', 'satclip-resnet18-l10.ckpt')
+    """
+    entry = _entry(name)
+    if entry.card is not None:
+        return entry.card
+    spec = get_model_spec(name)
+    meta = spec.metadata
+    return ModelCard.from_spec(spec, name=name, license=str(meta.get("license", "")),
+                               paper=meta.get("paper"),
+                               description=str(meta.get("description", "")))
 
 
 def create_model(
@@ -166,13 +210,13 @@ def create_model(
     EmbeddingModel
     """
     if not isinstance(name, str):
-        raise XSkyError(f"model name must be a string, got {type(name).__name__}")
+        raise ArgumentError(f"model name must be a string, got {type(name).__name__}")
     entry = _entry(name)
     wpath: str | None = None
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.exists():
-            raise XSkyError(
+            raise CheckpointError(
                 f"weights {str(p)!r} for model {name!r} do not exist; pass a local file or "
                 "directory"
             )
@@ -181,7 +225,7 @@ def create_model(
         torch.manual_seed(zlib.crc32(name.encode()))
         model = entry.factory(weights=wpath, **overrides)
     if not isinstance(model, EmbeddingModel):
-        raise XSkyError(
+        raise ModelError(
             f"factory of model {name!r} returned {type(model).__name__}, not an EmbeddingModel"
         )
     model.eval()

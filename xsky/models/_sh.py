@@ -177,9 +177,9 @@ def spherical_harmonics(
     if out is None:
         out = np.empty((n, L * L), dtype=np.float64)
     elif out.shape != (n, L * L) or out.dtype != np.float64 or not out.flags.c_contiguous:
-        from ..exceptions import XSkyError
+        from ..exceptions import ArgumentError
 
-        raise XSkyError(
+        raise ArgumentError(
             f"out must be a C-contiguous float64 array of shape {(n, L * L)}, got "
             f"{out.dtype} {out.shape}"
         )
@@ -305,9 +305,9 @@ def as_lonlat(lon: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
     lon_a = np.ascontiguousarray(lon, dtype=np.float64).ravel()
     lat_a = np.ascontiguousarray(lat, dtype=np.float64).ravel()
     if lon_a.shape != lat_a.shape:
-        from ..exceptions import XSkyError
+        from ..exceptions import DimensionError
 
-        raise XSkyError(
+        raise DimensionError(
             f"lon has {lon_a.size} values but lat has {lat_a.size}; pass one latitude per "
             "longitude"
         )
@@ -316,9 +316,9 @@ def as_lonlat(lon: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_L(L: Any) -> int:
     if isinstance(L, bool) or not isinstance(L, int | np.integer) or L < 1:
-        from ..exceptions import XSkyError
+        from ..exceptions import ArgumentError
 
-        raise XSkyError(
+        raise ArgumentError(
             f"the number of Legendre degrees L must be a positive integer (10 and 40 are "
             f"released), got {L!r}"
         )

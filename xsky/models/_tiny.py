@@ -14,18 +14,19 @@ import torch
 from torch import nn
 
 from ._base import EmbeddingModel
-from ._checkpoint import load_checkpoint
+from ._checkpoint import identity_filter, load_weights
 from ._registry import register_model
+from .card import ModelCard
 from .spec import ModalitySpec, ModelSpec
 
-__all__ = ["TinyNet"]
+__all__ = ["CARD", "TinyNet", "checkpoint_filter_fn"]
 
 # Sentinel-2 statistics in reflectance (SkySense's DN statistics / 1e4) for B02, B03, B04, B08.
 _MEAN = (0.088430, 0.114416, 0.129747, 0.251776)
 _STD = (0.115515, 0.118363, 0.136811, 0.147479)
 
 
-def tiny_spec(window: int = 16, stride: int = 4, feature_dim: int = 16) -> ModelSpec:
+def _base_spec(window: int = 16, stride: int = 4, feature_dim: int = 16) -> ModelSpec:
     return ModelSpec(
         name="test-tiny",
         modalities=(ModalitySpec("s2", ("B02", "B03", "B04", "B08"), _MEAN, _STD),),
@@ -34,11 +35,25 @@ def tiny_spec(window: int = 16, stride: int = 4, feature_dim: int = 16) -> Model
         feature_dim=feature_dim,
         fuses_time=False,
         default_batch_size=64,
-        meta={
-            "description": "deterministic tiny conv net for tests (not a trained model)",
-            "license": "Apache-2.0",
-        },
     )
+
+
+#: The model card of ``test-tiny``: no released weights (a fixed-seed initialisation).
+CARD = ModelCard.from_spec(
+    _base_spec(),
+    description="deterministic tiny conv net for tests (not a trained model); its weights "
+                "are a fixed-seed initialisation, so there are no weight files",
+    license="Apache-2.0",
+    family="test",
+)
+
+
+def tiny_spec(window: int = 16, stride: int = 4, feature_dim: int = 16) -> ModelSpec:
+    return _base_spec(window, stride, feature_dim).replace(meta=CARD.metadata())
+
+
+#: Weight files of test-tiny are its own ``state_dict``.
+checkpoint_filter_fn = identity_filter
 
 
 class TinyNet(EmbeddingModel):
@@ -68,10 +83,10 @@ class TinyNet(EmbeddingModel):
         return self(inputs["s2"])
 
 
-@register_model("test-tiny", spec=tiny_spec())
+@register_model("test-tiny", spec=tiny_spec(), card=CARD)
 def create_test_tiny(weights: str | None = None, **overrides: Any) -> TinyNet:
     """Tiny deterministic model: S2 B02/B03/B04/B08, window 16, stride 4, 16 features."""
     model = TinyNet(tiny_spec(**overrides))
     if weights is not None:
-        model.load_state_dict(load_checkpoint(weights))
+        load_weights(model, weights, checkpoint_filter_fn, what="test-tiny weights")
     return model

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..exceptions import XSkyError
+from ..exceptions import ArgumentError, ModelError
+from ..modalities import canonical_band
 from ._base import EmbeddingModel, state_dict_sha256
 from .spec import ModalitySpec, ModelSpec
 
@@ -30,7 +31,7 @@ class WrappedModel(EmbeddingModel):
         want = (x.shape[0], self.spec.feature_dim, n, n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise XSkyError(
+            raise ModelError(
                 f"wrapped model {self.spec.name!r} returned {got} for input {tuple(x.shape)}; "
                 f"expected {want} = (N, feature_dim, window/stride, window/stride). Check "
                 "feature_dim, window and stride passed to xsky.models.wrap."
@@ -46,7 +47,7 @@ def _coerce_normalize(
     if isinstance(normalize, Mapping):
         missing = [b for b in bands if b not in normalize]
         if missing:
-            raise XSkyError(
+            raise ArgumentError(
                 f"normalize has no (mean, std) for bands {missing}; give one pair per band in "
                 f"{bands}"
             )
@@ -55,7 +56,7 @@ def _coerce_normalize(
     if isinstance(normalize, Sequence) and len(normalize) == 2:
         mean, std = normalize
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    raise XSkyError(
+    raise ArgumentError(
         "normalize must be None, a (mean, std) pair of per-band sequences, or a dict "
         f"band -> (mean, std); got {type(normalize).__name__}"
     )
@@ -101,8 +102,9 @@ def wrap(
     Returns
     -------
     WrappedModel
-        In eval mode; lives in this process's model cache (on a distributed cluster,
-        :func:`xsky.embed` ships it to the workers once with a worker plugin).
+        In eval mode. :func:`xsky.embed` puts it into this process's model cache when it
+        is passed in (on a distributed cluster it ships it to the workers once with a
+        worker plugin); :func:`~xsky.models.register_model` makes it available by name.
 
     Examples
     --------
@@ -113,11 +115,9 @@ def wrap(
     >>> model.spec.bands
     ('B02', 'B03', 'B04', 'B08')
     """
-    from ..io.bands import canonical_band
-
     if not isinstance(module, nn.Module):
-        raise XSkyError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
-    cbands = tuple(canonical_band(b) for b in bands)
+        raise ArgumentError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
+    cbands = tuple(canonical_band(b, modality) for b in bands)
     mean, std = _coerce_normalize(normalize, cbands)
     spec = ModelSpec(
         name=name or "wrapped",
@@ -133,7 +133,4 @@ def wrap(
     if name is None:
         model.spec = spec.replace(name=f"wrapped-{digest[:12]}")
     model.set_ref(None, sha256=digest)
-    from ..runtime.cache import put_model
-
-    put_model(model)
     return model

@@ -41,18 +41,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..exceptions import CheckpointError, XSkyError, format_choices
+from ..exceptions import ArgumentError, CheckpointError, DimensionError, format_choices
 from ._base import EmbeddingModel, state_dict_sha256
-from ._checkpoint import file_sha256, load_checkpoint
+from ._checkpoint import LoadReport, apply_state, file_sha256, load_checkpoint
 from ._registry import register_model
 from ._resnet import resnet18, resnet50
 from ._sh import as_lonlat, spherical_harmonics, spherical_harmonics_torch
 from ._vit_timm import vit_small_patch16_224
+from .card import ModelCard, WeightFile
 from .spec import ModalitySpec, ModelSpec
 
 __all__ = [
+    "CARDS",
     "S2_BANDS",
     "SATCLIP_MODELS",
+    "SATCLIP_S2_BANDS",
     "LocationEncoder",
     "SatCLIPImageEncoder",
     "SirenNet",
@@ -64,8 +67,11 @@ __all__ = [
     "visual_state",
 ]
 
-#: The 12 Sentinel-2 L2A bands of SatCLIP's S2-100K tiles, in file order (no B10).
-S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+#: The model's input: the 12 Sentinel-2 L2A bands of SatCLIP's S2-100K tiles, in file order
+#: (no B10).
+SATCLIP_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
+                    "B12")
+S2_BANDS = SATCLIP_S2_BANDS  # the former name
 #: Channel where the zero B10 goes to reach the 13-band L1C order of the MoCo backbones.
 B10_INDEX = 10
 
@@ -82,6 +88,8 @@ SATCLIP_MODELS = tuple(f"satclip-{a}-l{L}" for a in _ARCHS for L in (10, 40))
 
 _PAPER = ("Klemmer et al. (2023), SatCLIP: Global, General-Purpose Location Embeddings with "
           "Satellite Imagery, arXiv:2311.17179")
+# What download_checkpoint fetches: the file on the repository's main branch. It is NOT
+# pinned (the pinned commit is not known offline), so model cards give no URL for it.
 _HUB_URL = "https://huggingface.co/microsoft/SatCLIP-{hub}-L{L}/resolve/main/{file}"
 
 
@@ -129,7 +137,7 @@ class SphericalHarmonics(nn.Module):
 
     def forward(self, lonlat: torch.Tensor) -> torch.Tensor:
         if lonlat.ndim != 2 or lonlat.shape[1] != 2:
-            raise XSkyError(
+            raise DimensionError(
                 f"location encoder input must have shape (N, 2) ordered (lon, lat) in degrees, "
                 f"got {tuple(lonlat.shape)}"
             )
@@ -409,15 +417,13 @@ class LocationEncoder(nn.Module):
                   hp["num_hidden_layers"], harmonics_calculation=hp["harmonics_calculation"],
                   dtype=dtype)
         enc.hparams.update({k: v for k, v in hp.items() if _plain(v)})
-        try:
-            enc.nnet.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{source}: the SIREN tensors do not fit a SirenNet with "
-                f"L={hp['legendre_polys']}, capacity={hp['capacity']}, embed_dim="
-                f"{hp['embed_dim']}, num_hidden_layers={hp['num_hidden_layers']}: "
-                f"{str(err).splitlines()[0][:300]}"
-            ) from None
+        apply_state(
+            enc.nnet, {k: v.to(dtype) for k, v in state.items()},
+            report=LoadReport(source=source, what="SatCLIP location encoder"), strict=True,
+            prefix=(f"{source}: the SIREN tensors do not fit a SirenNet with "
+                    f"L={hp['legendre_polys']}, capacity={hp['capacity']}, embed_dim="
+                    f"{hp['embed_dim']}, num_hidden_layers={hp['num_hidden_layers']}"),
+            fix="Is the file a SatCLIP checkpoint, and complete?")
         return enc.eval()
 
     @property
@@ -522,14 +528,12 @@ def _plain(v: Any) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _image_spec(arch: str, L: int, *, window: int | None = None, stride: int | None = None,
-                feature_dim: int = 256) -> ModelSpec:
-    info = _ARCHS[arch]
-    w = int(window or info["window"])
-    fname = f"satclip-{arch}-l{L}.ckpt"
+def _bare_spec(arch: str, L: int, *, window: int | None = None, stride: int | None = None,
+               feature_dim: int = 256) -> ModelSpec:
+    w = int(window or _ARCHS[arch]["window"])
     return ModelSpec(
         name=f"satclip-{arch}-l{L}",
-        modalities=(ModalitySpec("s2", S2_BANDS, None, None, units="reflectance"),),
+        modalities=(ModalitySpec("s2", SATCLIP_S2_BANDS, None, None, units="reflectance"),),
         window=w,
         stride=int(stride or w),
         feature_dim=int(feature_dim),
@@ -537,29 +541,50 @@ def _image_spec(arch: str, L: int, *, window: int | None = None, stride: int | N
         output="pooled",
         dtype="float32",
         default_batch_size=8 if arch == "resnet50" else 16,
-        meta={
-            "family": "satclip",
-            "description": (f"SatCLIP {arch} image encoder (trained with L={L} location "
-                            "encoder): one 256-d vector per Sentinel-2 L2A tile"),
+    )
+
+
+def _card(arch: str, L: int) -> ModelCard:
+    hub = f"microsoft/SatCLIP-{_ARCHS[arch]['hub']}-L{L}"
+    fname = f"satclip-{arch}-l{L}.ckpt"
+    return ModelCard.from_spec(
+        _bare_spec(arch, L),
+        description=(f"SatCLIP {arch} image encoder (trained with L={L} location "
+                     "encoder): one 256-d vector per Sentinel-2 L2A tile"),
+        license="MIT",
+        paper=_PAPER,
+        family="satclip",
+        weights=(WeightFile(
+            fname, sha256=None, url=None,
+            source=(f"Hugging Face repository {hub}, file {fname} (image and location "
+                    "encoder in one Lightning checkpoint). The pinned revision and the "
+                    "sha256 are not known offline; download_checkpoint() fetches the file "
+                    "from the repository's moving main branch, so check what you get.")),),
+        extra={
             "architecture": {"resnet18": "timm resnet18", "resnet50": "timm resnet50",
                              "vit16": "timm vit_small_patch16_224 (ViT-S/16)"}[arch],
             "in_chans": 13,
             "preprocessing": "reflectance = DN / 10000; zero B10 inserted at channel 10; "
                              "no mean/std normalisation",
             "legendre_polys": L,
-            "hub_repo": f"microsoft/SatCLIP-{info['hub']}-L{L}",
+            "hub_repo": hub,
             "weights_file": fname,
+            # the (unpinned) download source of download_checkpoint
             "weights_url": checkpoint_url(f"satclip-{arch}-l{L}"),
-            "license": "MIT",
-            "paper": _PAPER,
         },
     )
+
+
+def _image_spec(arch: str, L: int, *, window: int | None = None, stride: int | None = None,
+                feature_dim: int = 256) -> ModelSpec:
+    return _bare_spec(arch, L, window=window, stride=stride, feature_dim=feature_dim).replace(
+        meta=CARDS[f"satclip-{arch}-l{L}"].metadata())
 
 
 class SatCLIPImageEncoder(EmbeddingModel):
     """A SatCLIP Sentinel-2 image encoder as an :class:`~xsky.models.EmbeddingModel`.
 
-    Takes the 12 L2A bands (``S2_BANDS``) as reflectance (DN / 10 000, the engine's unit),
+    Takes the 12 L2A bands (``SATCLIP_S2_BANDS``) as reflectance (DN / 10 000, the engine's unit),
     inserts the zero B10 channel SatCLIP's MoCo backbones expect and returns one
     ``feature_dim``-vector (256) per window: ``output="pooled"``.
 
@@ -584,12 +609,12 @@ class SatCLIPImageEncoder(EmbeddingModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 12 or 13, W, W)`` reflectance to ``(N, feature_dim)``."""
         if x.ndim != 4 or x.shape[1] not in (12, 13):
-            raise XSkyError(
+            raise DimensionError(
                 f"{self.spec.name} takes (N, 12, H, W) Sentinel-2 L2A reflectance in the band "
-                f"order {S2_BANDS} (or 13 channels with B10), got {tuple(x.shape)}"
+                f"order {SATCLIP_S2_BANDS} (or 13 channels with B10), got {tuple(x.shape)}"
             )
         if self.arch == "vit16" and tuple(x.shape[-2:]) != (224, 224):
-            raise XSkyError(
+            raise DimensionError(
                 f"{self.spec.name} (ViT-S/16) needs 224x224 windows, got "
                 f"{tuple(x.shape[-2:])}; keep window=224"
             )
@@ -613,6 +638,9 @@ class SatCLIPImageEncoder(EmbeddingModel):
 
 def visual_state(ckpt: Mapping[str, Any], *, source: str = "checkpoint") -> dict[str, Any]:
     """The image-encoder tensors of a SatCLIP checkpoint, with timm key names.
+
+    This is the checkpoint filter of the SatCLIP image encoders (see
+    :mod:`xsky.models._checkpoint`); :func:`read_location_state` is the location encoder's.
 
     Accepts ``model.visual.*`` (official Lightning file), ``visual.*``, or a bare timm
     state dict (``conv1.weight``/``patch_embed.proj.weight`` at the top).
@@ -640,16 +668,17 @@ def _create_image_model(arch: str, L: int, weights: str | None = None, *,
     name = f"satclip-{arch}-l{L}"
     default_window = _ARCHS[arch]["window"]
     if window is not None and arch == "vit16" and int(window) != default_window:
-        raise XSkyError(
+        raise ArgumentError(
             f"{name} is a ViT-S/16 with a 224x224 position embedding; window must be 224, "
             f"got {window}"
         )
     if window is not None and (int(window) < 32 or int(window) % 32):
-        raise XSkyError(f"{name}: window must be a positive multiple of 32, got {window}")
+        raise ArgumentError(f"{name}: window must be a positive multiple of 32, got {window}")
     ckpt: Any = None
     state: dict[str, Any] | None = None
     if weights is not None:
-        ckpt = load_checkpoint(weights, trust=trust)
+        ckpt = load_checkpoint(weights, trust=trust,
+                               sha256=CARDS[name].expected_sha256(weights))
         state = visual_state(ckpt, source=str(weights))
         hp = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
         if isinstance(hp, Mapping):
@@ -660,14 +689,12 @@ def _create_image_model(arch: str, L: int, weights: str | None = None, *,
     spec = _image_spec(arch, L, window=window, stride=stride, feature_dim=feature_dim)
     model = SatCLIPImageEncoder(spec, arch)
     if state is not None:
-        try:
-            model.visual.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{weights}: the image-encoder tensors do not fit {name} "
-                f"({spec.metadata['architecture']}, 13 input channels): "
-                f"{_summarise_load_error(err)}"
-            ) from None
+        apply_state(
+            model.visual, state, report=LoadReport(source=str(weights), what=f"{name} weights"),
+            strict=True,
+            prefix=(f"{weights}: the image-encoder tensors do not fit {name} "
+                    f"({spec.metadata['architecture']}, 13 input channels)"),
+            fix=f"Is it a {name} checkpoint? The architecture and L are in its name.")
         model.checkpoint_path = str(weights)
         if isinstance(ckpt.get("hyper_parameters"), Mapping):
             model.hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if _plain(v)}
@@ -691,11 +718,6 @@ def _check_hparams(name: str, arch: str, L: int, hp: Mapping[str, Any], source: 
         )
 
 
-def _summarise_load_error(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:600] + ("..." if len(text) > 600 else "")
-
-
 # --------------------------------------------------------------------------------------
 # Checkpoint download (optional; a local path always works)
 # --------------------------------------------------------------------------------------
@@ -711,7 +733,7 @@ def checkpoint_url(name: str) -> str:
 
 def _parse_name(name: str) -> tuple[str, int]:
     if name not in SATCLIP_MODELS:
-        raise XSkyError(
+        raise ArgumentError(
             f"unknown SatCLIP model {name!r}; choose one of {format_choices(SATCLIP_MODELS)}"
         )
     _, arch, lpart = name.split("-")
@@ -768,6 +790,9 @@ def download_checkpoint(name: str, *, cache_dir: str | os.PathLike[str] | None =
     return target
 
 
+#: Model cards of the six released image encoders, by registry name.
+CARDS: dict[str, ModelCard] = {f"satclip-{a}-l{L}": _card(a, L) for a in _ARCHS for L in (10, 40)}
+
 # Register the six released models (importing xsky.models runs this).
 for _arch in _ARCHS:
     for _L in (10, 40):
@@ -775,5 +800,6 @@ for _arch in _ARCHS:
             f"satclip-{_arch}-l{_L}",
             partial(_create_image_model, _arch, _L),
             spec=_image_spec(_arch, _L),
+            card=CARDS[f"satclip-{_arch}-l{_L}"],
         )
 del _arch, _L

@@ -44,19 +44,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..exceptions import CheckpointError, DimensionError, XSkyError, format_choices
+from .. import modalities as _modalities
+from ..exceptions import (
+    ArgumentError,
+    CheckpointError,
+    DataError,
+    DimensionError,
+    format_choices,
+)
 from ._base import EmbeddingModel
-from ._checkpoint import load_checkpoint
+from ._checkpoint import LoadReport, apply_state, load_checkpoint, summarise_keys
 from ._registry import register_model
 from ._skysense_vit import FusionEncoder, UPHead, VisionTransformer, resize_pos_embed
 from ._swinv2 import SWIN_ARCHS, SwinTransformerV2
+from .card import ModelCard, WeightFile
 from .spec import ModalitySpec, ModelSpec
 
 __all__ = [
+    "CARDS",
     "HR_BANDS",
     "S1_BANDS",
     "S2_BANDS",
+    "SKYSENSE_HR_BANDS",
     "SKYSENSE_PRESETS",
+    "SKYSENSE_S1_BANDS",
+    "SKYSENSE_S2_BANDS",
     "SPLIT_FILES",
     "LoadReport",
     "SkySense",
@@ -67,18 +79,23 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # Bands and normalisation (SkySense++ ``modal_norm_dict``; ImageNet statistics for HR)
 # --------------------------------------------------------------------------------------
-S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+# The model's inputs, in the order it takes them (subsets of the xsky.modalities bands).
+SKYSENSE_S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 S2_MEAN = (884.30, 1144.16, 1297.47, 1624.91, 2194.64, 2422.21, 2517.76, 2581.65, 2368.51,
            1805.07)
 S2_STD = (1155.15, 1183.63, 1368.11, 1370.27, 1355.55, 1416.51, 1474.79, 1439.31, 1455.52,
           1343.48)
-S1_BANDS = ("VV", "VH")
+SKYSENSE_S1_BANDS = ("VV", "VH")
 S1_MEAN = (-12.548, -20.192)
 S1_STD = (5.257, 5.912)
-HR_BANDS = ("red", "green", "blue")
+SKYSENSE_HR_BANDS = ("red", "green", "blue")
 HR_MEAN = (123.675, 116.28, 103.53)
 HR_STD = (58.395, 57.12, 57.375)
-HR_FACTOR = 32  # HR pixels per Sentinel pixel along each axis (Swin stage-4 stride)
+# HR pixels per Sentinel pixel along each axis (the Swin stage-4 stride), from the one
+# modality table.
+HR_FACTOR = _modalities.get("hr").grid_factor
+# the former names
+S2_BANDS, S1_BANDS, HR_BANDS = SKYSENSE_S2_BANDS, SKYSENSE_S1_BANDS, SKYSENSE_HR_BANDS
 
 MODALITIES = ("hr", "s2", "s1")
 #: Official split weight files, by the prefix their keys get in the full checkpoint.
@@ -168,9 +185,9 @@ _FUSION_KEYS = {"input_dims", "embed_dims", "num_layers", "num_heads", "mlp_rati
 Keys = tuple[Any, ...]
 
 
-def _fail(path: Keys, msg: str) -> XSkyError:
+def _fail(path: Keys, msg: str) -> ArgumentError:
     where = "".join(f"[{k!r}]" for k in path)
-    return XSkyError(f"SkySense hyperparameters{where}: {msg}")
+    return ArgumentError(f"SkySense hyperparameters{where}: {msg}")
 
 
 def _check_keys(d: Mapping[str, Any], known: set[str], path: Keys) -> None:
@@ -252,8 +269,8 @@ class SkySenseConfig:
     def preset(cls, name: str) -> SkySenseConfig:
         """Config of a registered preset (``"skysense-huge"``, ``"skysense-small"``, ...)."""
         if name not in SKYSENSE_PRESETS:
-            raise XSkyError(f"unknown SkySense preset {name!r}; choose one of "
-                            f"{format_choices(SKYSENSE_PRESETS)}")
+            raise ArgumentError(f"unknown SkySense preset {name!r}; choose one of "
+                                f"{format_choices(SKYSENSE_PRESETS)}")
         return cls.from_hyperparameters(SKYSENSE_PRESETS[name])
 
     @classmethod
@@ -262,21 +279,21 @@ class SkySenseConfig:
 
         Raises
         ------
-        XSkyError
+        ArgumentError
             An unknown argument (a typo), an unsupported setting, or inconsistent sizes;
             the message names the argument.
         """
         if isinstance(hp, SkySenseConfig):
             return hp
         if not isinstance(hp, Mapping):
-            raise XSkyError(f"SkySense hyperparameters must be a mapping or a preset name, "
-                            f"got {type(hp).__name__}")
+            raise ArgumentError(f"SkySense hyperparameters must be a mapping or a preset name, "
+                                f"got {type(hp).__name__}")
         if "hyperparameters" in hp and isinstance(hp["hyperparameters"], Mapping):
             hp = hp["hyperparameters"]  # a whole fixture config.json
         unknown = set(hp) - _TOP_KEYS - _SAMPLE_KEYS
         if unknown:
-            raise XSkyError(f"SkySense hyperparameters: unknown key(s) {format_choices(unknown)};"
-                            f" expected {format_choices(_TOP_KEYS)}")
+            raise ArgumentError(f"SkySense hyperparameters: unknown key(s) {format_choices(unknown)};"
+                                f" expected {format_choices(_TOP_KEYS)}")
         hp = copy.deepcopy(dict(hp))
         for key in ("swin", "vit_s2", "vit_s1", "fusion"):
             if not isinstance(hp.get(key, {}), Mapping):
@@ -415,39 +432,70 @@ def _coerce_config(config: SkySenseConfig | Mapping[str, Any] | str | None) -> S
 
 def _modality_specs(modalities: Sequence[str]) -> tuple[ModalitySpec, ...]:
     table = {
-        "s2": ModalitySpec("s2", S2_BANDS, S2_MEAN, S2_STD, units="dn"),
-        "s1": ModalitySpec("s1", S1_BANDS, S1_MEAN, S1_STD, units="db"),
-        "hr": ModalitySpec("hr", HR_BANDS, HR_MEAN, HR_STD, units="rgb255",
+        "s2": ModalitySpec("s2", SKYSENSE_S2_BANDS, S2_MEAN, S2_STD, units="dn"),
+        "s1": ModalitySpec("s1", SKYSENSE_S1_BANDS, S1_MEAN, S1_STD, units="db"),
+        "hr": ModalitySpec("hr", SKYSENSE_HR_BANDS, HR_MEAN, HR_STD, units="rgb255",
                            grid_factor=HR_FACTOR),
     }
     # The reference (first) modality is the Sentinel grid the output lies on.
     return tuple(table[m] for m in ("s2", "s1", "hr") if m in modalities)
 
 
-_META = {
-    "description": "SkySense: multi-modal (HR RGB, Sentinel-2, Sentinel-1) multi-temporal "
-                   "remote-sensing foundation model; per-pixel fused embeddings at 10 m",
-    "paper": "Guo et al., SkySense: A Multi-Modal Remote Sensing Foundation Model Towards "
-             "Universal Interpretation for Earth Observation Imagery, CVPR 2024 "
-             "(arXiv:2312.10115)",
-    "weights": "official SkySense checkpoints (split files "
-               + ", ".join(SPLIT_FILES.values()) + ", or the full checkpoint); supply them "
-               "locally, xsky does not download them",
-    "license": "code: Apache-2.0 (xsky); official weights: non-commercial research only",
+# --------------------------------------------------------------------------------------
+# Model cards
+# --------------------------------------------------------------------------------------
+_DESCRIPTION = ("SkySense: multi-modal (HR RGB, Sentinel-2, Sentinel-1) multi-temporal "
+                "remote-sensing foundation model; per-pixel fused embeddings at 10 m")
+_PAPER = ("Guo et al., SkySense: A Multi-Modal Remote Sensing Foundation Model Towards "
+          "Universal Interpretation for Earth Observation Imagery, CVPR 2024 "
+          "(arXiv:2312.10115)")
+_LICENSE = "code: Apache-2.0 (xsky); official weights: non-commercial research only"
+_WEIGHTS_NOTE = ("official SkySense checkpoints (split files " + ", ".join(SPLIT_FILES.values())
+                 + ", or the full checkpoint); supply them locally, xsky does not download "
+                 "them")
+_SOURCE = ("official SkySense release, linked from the Jack-bo1220/SkySense README (a Notion "
+           "page since 2025-09-23, before that Yuque); the links have moved and no pinned URL "
+           "or sha256 is known offline. Non-commercial research use only: obtain the file "
+           "yourself and pass its folder as weights=")
+_VARIANT = {
+    "skysense-huge": "official sizes (Swin-V2-H, ViT-L x2, 24-layer fusion; about 1.66 B "
+                     "parameters); loads the official weights",
+    "skysense-small": "a small variant with the official wiring and random weights, for CPU "
+                      "work and tests (no released weights)",
+    "skysense-tiny": "a tiny variant with the official wiring and random weights, for tests "
+                     "(no released weights)",
 }
 
 
+def _card(preset: str) -> ModelCard:
+    cfg = SkySenseConfig.preset(preset)
+    spec = _fused_spec(preset, MODALITIES, 16, cfg.embed_dim, None, meta=())
+    official = preset == "skysense-huge"
+    weights = tuple(WeightFile(f, sha256=None, url=None, source=_SOURCE)
+                    for f in SPLIT_FILES.values()) if official else ()
+    extra: dict[str, Any] = {"weights": _WEIGHTS_NOTE} if official else {}
+    return ModelCard.from_spec(
+        spec, description=f"{_DESCRIPTION}. {preset}: {_VARIANT.get(preset, 'a preset')}",
+        license=_LICENSE, paper=_PAPER, family="skysense", weights=weights, extra=extra)
+
+
+def _card_meta(name: str) -> dict[str, Any]:
+    card = CARDS.get(name) or CARDS["skysense-huge"]
+    return card.metadata()
+
+
 def _fused_spec(name: str, modalities: Sequence[str], window: int, dim: int,
-                batch_size: int | None) -> ModelSpec:
+                batch_size: int | None, meta: Any = None) -> ModelSpec:
     return ModelSpec(name=name, modalities=_modality_specs(modalities), window=window,
                      stride=1, feature_dim=dim, fuses_time=True, output="dense",
-                     default_batch_size=batch_size or 16, required_modalities=(), meta=_META)
+                     default_batch_size=batch_size or 16, required_modalities=(),
+                     meta=_card_meta(name) if meta is None else meta)
 
 
 def _check_window(window: Any) -> int:
     if not isinstance(window, int) or isinstance(window, bool) or window < 4 or window % 4:
-        raise XSkyError(f"SkySense window must be a positive multiple of the ViT patch size 4 "
-                        f"(Sentinel pixels), got {window!r}; e.g. window=16")
+        raise ArgumentError(f"SkySense window must be a positive multiple of the ViT patch size 4 "
+                            f"(Sentinel pixels), got {window!r}; e.g. window=16")
     return window
 
 
@@ -457,65 +505,27 @@ def _check_modalities(modalities: Any) -> tuple[str, ...]:
     mods = tuple(dict.fromkeys(modalities))
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
-        raise XSkyError(f"SkySense modalities must be a non-empty subset of {MODALITIES}, got "
-                        f"{modalities!r}")
+        raise ArgumentError(f"SkySense modalities must be a non-empty subset of {MODALITIES}, got "
+                            f"{modalities!r}")
     return mods
 
 
 # --------------------------------------------------------------------------------------
 # Loading the official weights
 # --------------------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """What :meth:`SkySense.load_official` did with each key of the weight files.
-
-    Attributes
-    ----------
-    source
-        The path read.
-    loaded
-        Number of tensors copied into the model.
-    missing
-        Model weights absent from the files (left at their initial values; an error when
-        loading strictly).
-    unexpected
-        Keys of a used module that the model does not have (an error when strict).
-    skipped
-        Known extras that are not part of the feature path: pretraining heads,
-        ``mask_token``, duplicate ``ctpe`` copies, branches this model does not build, unused
-        Swin out-norms.
-    rebuilt
-        Swin ``relative_coords_table``/``relative_position_index`` buffers in the files
-        (never loaded: always rebuilt from the window size).
-    defaulted
-        Swin out-norms of intermediate stages absent from the files, kept at LayerNorm
-        defaults (weight 1, bias 0); the fused output does not use them.
-    resized
-        Position embeddings resized from a stored grid to the configured one.
-    """
-
-    source: str
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    rebuilt: list[str] = field(default_factory=list)
-    defaulted: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"SkySense weights from {self.source}: {self.loaded} tensors loaded"]
-        for name in ("missing", "unexpected", "skipped", "rebuilt", "defaulted", "resized"):
-            keys = getattr(self, name)
-            if keys:
-                lines.append(f"  {name} ({len(keys)}): {_summarise(keys)}")
-        return "\n".join(lines)
+# The load report is the shared one (xsky.models._checkpoint.LoadReport); SkySense fills
+# every field: ``skipped`` holds pretraining heads, ``mask_token``, duplicate ``ctpe`` copies,
+# branches the model does not build and unused Swin out-norms; ``rebuilt`` the Swin
+# ``relative_coords_table``/``relative_position_index`` buffers (always rebuilt from the window
+# size); ``defaulted`` the intermediate Swin out-norms absent from the files (LayerNorm
+# defaults; the fused output does not use them); ``resized`` position embeddings stored for
+# another grid.
+_summarise = summarise_keys
 
 
-def _summarise(keys: Sequence[str], limit: int = 12) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+def _read(path: Path, trust: bool) -> Any:
+    """One official file, checked against the model card's sha256 when it knows one."""
+    return load_checkpoint(path, trust=trust, sha256=CARDS["skysense-huge"].expected_sha256(path))
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
@@ -558,11 +568,11 @@ def _canonical_from_split(directory: Path, parts: set[str], need_ctpe: bool, tru
         fpath = directory / fname
         if part not in parts:
             if need_ctpe and not ctpe and part.startswith("backbone") and fpath.is_file():
-                sd = _unwrap(load_checkpoint(fpath, trust=trust), fpath)
+                sd = _unwrap(_read(fpath, trust), fpath)
                 if "ctpe" in sd:
                     ctpe.append((fname, sd["ctpe"]))
             continue
-        sd = _unwrap(load_checkpoint(fpath, trust=trust), fpath)
+        sd = _unwrap(_read(fpath, trust), fpath)
         for key, value in sd.items():
             k = _strip(key)
             if k == "ctpe":
@@ -582,7 +592,7 @@ _FULL_PREFIXES = ("backbone_gep.", "backbone_s2.", "backbone_s1.", "head_s2.", "
 
 
 def _canonical_from_full(path: Path, trust: bool, report: LoadReport) -> dict[str, torch.Tensor]:
-    sd = _unwrap(load_checkpoint(path, trust=trust), path)
+    sd = _unwrap(_read(path, trust), path)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         k = key[len("module."):] if key.startswith("module.") else key
@@ -598,78 +608,61 @@ def _canonical_from_full(path: Path, trust: bool, report: LoadReport) -> dict[st
     return out
 
 
+def checkpoint_filter_fn(path: Path, model: nn.Module, report: LoadReport, *, trust: bool
+                         ) -> dict[str, torch.Tensor]:
+    """The SkySense checkpoint filter: official split files (a directory) or the full
+    checkpoint (a file), mapped to the key names of ``model`` (the full checkpoint's)."""
+    parts: set[str] = model._official_parts()  # type: ignore[operator]
+    if path.is_dir():
+        return _canonical_from_split(path, parts, "ctpe" in parts, trust, report)
+    if path.is_file():
+        return _canonical_from_full(path, trust, report)
+    raise CheckpointError(f"SkySense weights {str(path)!r} do not exist; pass the directory of "
+                          "the six official .pth files or the full checkpoint file")
+
+
 def _load_official(model: nn.Module, path: str | os.PathLike[str], *, strict: bool,
                    trust: bool) -> LoadReport:
     """Load official weights into a SkySense model; see :meth:`SkySense.load_official`."""
     p = Path(path).expanduser()
-    report = LoadReport(source=str(p))
-    parts: set[str] = model._official_parts()  # type: ignore[operator]
-    need_ctpe = "ctpe" in parts
-    if p.is_dir():
-        canon = _canonical_from_split(p, parts, need_ctpe, trust, report)
-    elif p.is_file():
-        canon = _canonical_from_full(p, trust, report)
-    else:
-        raise CheckpointError(f"SkySense weights {str(p)!r} do not exist; pass the directory of "
-                              "the six official .pth files or the full checkpoint file")
-    own = model.state_dict()
+    report = LoadReport(source=str(p), what="SkySense weights")
+    canon = checkpoint_filter_fn(p, model, report, trust=trust)
+    own_keys = set(model.state_dict())
     uses: Any = model._uses_key
-    to_load: dict[str, torch.Tensor] = {}
-    mismatched: list[str] = []
-    for key, value in canon.items():
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf in ("relative_coords_table", "relative_position_index"):
-            report.rebuilt.append(key)
-            continue
-        if not uses(key):
-            report.skipped.append(key)
-            continue
-        if key not in own:
-            if key.startswith("backbone_gep.norm"):  # out-norm of a stage not configured
-                report.skipped.append(key)
-            else:
-                report.unexpected.append(key)
-            continue
-        if tuple(value.shape) != tuple(own[key].shape):
-            if leaf == "pos_embed" and value.ndim == 3 and value.shape[-1] == own[key].shape[-1]:
-                value = _resize_stored_pos(model, key, value)
-                report.resized.append(key)
-            else:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model "
-                                  f"{tuple(own[key].shape)}")
-                continue
-        to_load[key] = value
-    if mismatched:
-        raise CheckpointError(
-            f"{len(mismatched)} weight(s) in {str(p)!r} have other shapes than the model "
-            f"builds: {_summarise(mismatched, 8)}. The hyperparameters do not match these "
-            "weights; pass the ones they were trained with (hyperparameters=...)")
-    missing = [k for k in own if k not in to_load]
     last_norm = f"backbone_gep.norm{getattr(model, '_last_stage', -1)}."
-    for k in missing:
-        out_norm = k.startswith("backbone_gep.norm") and not k.startswith(last_norm)
-        if out_norm or (k == "ctpe" and not getattr(model, "use_ctpe", True)):
-            report.defaulted.append(k)
-        else:
-            report.missing.append(k)
-    if strict and (report.missing or report.unexpected):
-        msg = []
-        if report.missing:
-            msg.append(f"missing {len(report.missing)} required weight(s): "
-                       f"{_summarise(report.missing)}")
-        if report.unexpected:
-            msg.append(f"{len(report.unexpected)} unexpected key(s): "
-                       f"{_summarise(report.unexpected)}")
-        raise CheckpointError(
-            f"SkySense weights {str(p)!r} do not match the model: " + "; ".join(msg)
-            + ". Check the files and hyperparameters, or pass strict=False to keep the "
-            "initial values of missing weights and skip unexpected keys.")
+    use_ctpe = getattr(model, "use_ctpe", True)
+
+    def classify(key: str) -> str | None:
+        if key.rsplit(".", 1)[-1] in ("relative_coords_table", "relative_position_index"):
+            return "rebuilt"
+        if not uses(key):
+            return "skipped"
+        if key not in own_keys and key.startswith("backbone_gep.norm"):
+            return "skipped"  # out-norm of a stage not configured
+        return None
+
+    def adapt(key: str, value: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
+        if key.rsplit(".", 1)[-1] == "pos_embed" and value.ndim == 3 \
+                and value.shape[-1] == own.shape[-1]:
+            return _resize_stored_pos(model, key, value)
+        return None
+
+    def optional(key: str) -> bool:
+        out_norm = key.startswith("backbone_gep.norm") and not key.startswith(last_norm)
+        return out_norm or (key == "ctpe" and not use_ctpe)
+
+    own = model.state_dict()
+    apply_state(
+        model, canon, report=report, strict=strict, classify=classify, adapt=adapt,
+        optional=optional,
+        fix=("Check the files and hyperparameters, or pass strict=False to keep the initial "
+             "values of missing weights and skip unexpected keys."),
+        shape_fix=("The hyperparameters do not match these weights; pass the ones they were "
+                   "trained with (hyperparameters=...)"))
     with torch.no_grad():
         for key in report.defaulted:
             t = own[key]
             t.copy_(torch.ones_like(t) if key.endswith(".weight") else torch.zeros_like(t))
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = len(to_load)
     return report
 
 
@@ -695,12 +688,12 @@ def _build_vit(cfg: dict[str, Any]) -> VisionTransformer:
 def _as_doy(doy: Any, b: int, t: int, name: str, calendar_time: int) -> torch.Tensor:
     d = torch.as_tensor(doy)
     if d.dtype.is_floating_point or d.dtype == torch.bool:
-        raise XSkyError(f"{name} must hold integer days of year, got dtype {d.dtype}")
+        raise DataError(f"{name} must hold integer days of year, got dtype {d.dtype}")
     if tuple(d.shape) != (b, t):
         raise DimensionError(f"{name} has shape {tuple(d.shape)}; expected (batch, dates) = "
                              f"{(b, t)}, one day of year per date")
     if d.numel() and (int(d.min()) < 1 or int(d.max()) > 366):
-        raise XSkyError(f"{name} holds days of year outside 1..366 (min {int(d.min())}, max "
+        raise DataError(f"{name} holds days of year outside 1..366 (min {int(d.min())}, max "
                         f"{int(d.max())}); pass day-of-year numbers, e.g. time.dt.dayofyear")
     # ctpe has calendar_time rows: day 366 of a leap year reuses the last one.
     return d.long().clamp(max=calendar_time) - 1
@@ -844,8 +837,8 @@ class SkySense(EmbeddingModel):
     # ---- branches -----------------------------------------------------------------------
     def _run_hr(self, hr: torch.Tensor) -> list[torch.Tensor]:
         if self.backbone_gep is None:
-            raise XSkyError("this SkySense model was built without the 'hr' branch; build it "
-                            "with modalities including 'hr'")
+            raise ArgumentError("this SkySense model was built without the 'hr' branch; build it "
+                                "with modalities including 'hr'")
         return self.backbone_gep(hr)
 
     def _run_sat(self, mod: str, x: torch.Tensor, return_layers: bool = False
@@ -853,8 +846,8 @@ class SkySense(EmbeddingModel):
         """ViT + UPHead over images ``x`` (n, C, h, w) (dates already folded into batch)."""
         vit = getattr(self, f"backbone_{mod}")
         if vit is None:
-            raise XSkyError(f"this SkySense model was built without the {mod!r} branch; build "
-                            f"it with modalities including {mod!r}")
+            raise ArgumentError(f"this SkySense model was built without the {mod!r} branch; build "
+                                f"it with modalities including {mod!r}")
         if return_layers:
             feats, layers = vit(x, return_layers=True)
         else:
@@ -896,7 +889,7 @@ class SkySense(EmbeddingModel):
             absent modalities are missing.
         """
         if hr is None and s2 is None and s1 is None:
-            raise XSkyError("SkySense needs at least one of hr, s2, s1")
+            raise ArgumentError("SkySense needs at least one of hr, s2, s1")
         out: dict[str, Any] = {}
         grid: tuple[int, int, int] | None = None
         seqs: list[torch.Tensor] = []  # projected tokens (B, h, w, L_m, D)
@@ -966,12 +959,12 @@ class SkySense(EmbeddingModel):
         """
         present = [m for m in MODALITIES if inputs.get(m) is not None]
         if not present:
-            raise XSkyError(f"SkySense got none of its modalities {self.modalities}; pass at "
-                            f"least one of them (inputs had {sorted(inputs)})")
+            raise ArgumentError(f"SkySense got none of its modalities {self.modalities}; pass at "
+                                f"least one of them (inputs had {sorted(inputs)})")
         absent = [m for m in present if m not in self.modalities]
         if absent:
-            raise XSkyError(f"this SkySense model was built for {self.modalities}, not "
-                            f"{absent}; build it with those modalities or drop them")
+            raise ArgumentError(f"this SkySense model was built for {self.modalities}, not "
+                                f"{absent}; build it with those modalities or drop them")
         seqs: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         geom: tuple[int, int] | None = None
@@ -1062,7 +1055,7 @@ class SkySensePerDate(EmbeddingModel):
                  batch_size: int | None = None) -> None:
         super().__init__()
         if modality not in ("s2", "s1"):
-            raise XSkyError(f"per-date SkySense takes modality 's2' or 's1', got {modality!r}")
+            raise ArgumentError(f"per-date SkySense takes modality 's2' or 's1', got {modality!r}")
         self.config = cfg = _coerce_config(config)
         self.modality = modality
         self.window = _check_window(window)
@@ -1075,7 +1068,7 @@ class SkySensePerDate(EmbeddingModel):
         self.spec = ModelSpec(
             name=name, modalities=_modality_specs((modality,)), window=self.window, stride=1,
             feature_dim=cfg.embed_dim, fuses_time=False, output="dense",
-            default_batch_size=batch_size or 32, meta=_META)
+            default_batch_size=batch_size or 32, meta=_card_meta(name))
 
     @classmethod
     def from_official(cls, path: str | os.PathLike[str],
@@ -1112,8 +1105,8 @@ class SkySensePerDate(EmbeddingModel):
     def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x = inputs.get(self.modality)
         if x is None:
-            raise XSkyError(f"per-date SkySense ({self.modality}) got no {self.modality!r} "
-                            f"input (inputs had {sorted(inputs)})")
+            raise ArgumentError(f"per-date SkySense ({self.modality}) got no {self.modality!r} "
+                                f"input (inputs had {sorted(inputs)})")
         if x.ndim != 4:
             raise DimensionError(f"inputs[{self.modality!r}] has shape {tuple(x.shape)}; "
                                  "expected (windows, bands, y, x)")
@@ -1138,7 +1131,7 @@ def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
         try:
             data = json.loads(cfg.read_text())
         except (OSError, ValueError) as err:
-            raise XSkyError(f"could not read {str(cfg)!r}: {err}") from err
+            raise CheckpointError(f"could not read {str(cfg)!r}: {err}") from err
         if isinstance(data, Mapping) and isinstance(data.get("hyperparameters"), Mapping):
             return data["hyperparameters"]
     return "skysense-huge"
@@ -1158,8 +1151,8 @@ def _factory(preset: str) -> Any:
                trust: bool = False, hyperparameters: Any = None, **unknown: Any
                ) -> EmbeddingModel:
         if unknown:
-            raise XSkyError(f"{preset} takes no option(s) {format_choices(unknown)}; valid "
-                            f"options: {format_choices(_OVERRIDES)}")
+            raise ArgumentError(f"{preset} takes no option(s) {format_choices(unknown)}; valid "
+                                f"options: {format_choices(_OVERRIDES)}")
         # sizes: the preset, or the official hyperparameters (a mapping, a config.json path,
         # or "beside" for the config.json next to the weights)
         if hyperparameters is None:
@@ -1167,8 +1160,8 @@ def _factory(preset: str) -> Any:
         else:
             if hyperparameters == "beside":
                 if weights is None:
-                    raise XSkyError("hyperparameters='beside' needs weights= (a folder or file "
-                                    "with a config.json beside it)")
+                    raise ArgumentError("hyperparameters='beside' needs weights= (a folder or file "
+                                        "with a config.json beside it)")
                 hyperparameters = _config_beside(weights)
             elif isinstance(hyperparameters, (str, os.PathLike)) and \
                     Path(hyperparameters).is_file():
@@ -1184,7 +1177,7 @@ def _factory(preset: str) -> Any:
             model = SkySensePerDate(cfg, modality=modality or "s2", window=window,
                                     name=preset, batch_size=batch_size)
         else:
-            raise XSkyError(f"temporal must be 'fused' or 'per-date', got {temporal!r}")
+            raise ArgumentError(f"temporal must be 'fused' or 'per-date', got {temporal!r}")
         if weights is not None:
             model.load_official(weights, strict=strict, trust=trust)
         return model
@@ -1197,7 +1190,11 @@ def _factory(preset: str) -> Any:
     return create
 
 
+#: Model cards of the presets, by registry name.
+CARDS: dict[str, ModelCard] = {name: _card(name) for name in SKYSENSE_PRESETS}
+
 for _name in SKYSENSE_PRESETS:
     register_model(_name, _factory(_name),
                    spec=_fused_spec(_name, MODALITIES, 16,
-                                    SkySenseConfig.preset(_name).embed_dim, None))
+                                    SkySenseConfig.preset(_name).embed_dim, None),
+                   card=CARDS[_name])

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ..exceptions import ArgumentError
 from ..modalities import UNITS
 
-__all__ = ["ModalitySpec", "ModelRef", "ModelSpec"]
+__all__ = ["LocationRef", "ModalitySpec", "ModelRef", "ModelSpec"]
 
 Units = Literal["reflectance", "dn", "db", "linear", "rgb255"]
 _UNITS = tuple(sorted(set(UNITS.values())))
@@ -217,3 +217,44 @@ class ModelRef:
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xsky.ModelRef", self.name, self.weights, self.overrides, self.sha256)
+
+
+@dataclass(frozen=True)
+class LocationRef:
+    """A small, picklable recipe to get a location encoder in any process.
+
+    What a dask task carries instead of the encoder's weights (the location counterpart of
+    :class:`ModelRef`).
+
+    Attributes
+    ----------
+    sha256
+        Digest of the encoder's weights and harmonics convention: the cache key.
+    path
+        Checkpoint to load it from in a process that has not cached it, or ``None`` for an
+        in-memory encoder that exists only where it was registered.
+    trust
+        Whether that checkpoint may be fully unpickled.
+    name
+        Model name recorded in the output's attrs.
+    legendre_polys, embed_dim
+        Sizes (for shapes, without loading).
+    file_sha256
+        Digest of the checkpoint file, if any.
+    """
+
+    sha256: str
+    path: str | None
+    trust: bool
+    name: str
+    legendre_polys: int
+    embed_dim: int
+    file_sha256: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Cache key: one entry per encoder digest, whatever its name or file."""
+        return ("location", self.sha256)
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("xsky.LocationRef", self.sha256, self.path, self.trust)

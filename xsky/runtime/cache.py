@@ -1,28 +1,52 @@
-"""Per-process model cache: each process builds (or receives) a model once per device.
+"""The one per-process cache of image models and location encoders.
 
-Keys are ``(model name, weights sha256, device)``. The dask graph carries only a
-:class:`~xsky.models.ModelRef`; inside a task :func:`get_model` returns the cached model or
-rebuilds it from the registry, so weights never travel in the graph.
+A dask graph carries only a small reference: a :class:`~xsky.models.ModelRef` for an image
+model, a :class:`~xsky.models.LocationRef` for a location encoder. Inside a task
+:func:`get_model` returns the cached object or rebuilds it (from the registry, or from the
+encoder's checkpoint), so weights never travel in the graph and each process builds each
+model at most once.
+
+Keys are ``(model name, weights sha256, device)`` for image models and ``("location",
+digest)`` for location encoders (which run on the CPU). :data:`BUILDS` counts how often this
+process built each key; :func:`clear_cache` forgets both kinds.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
-from ..exceptions import XSkyError
+from ..exceptions import ArgumentError, CheckpointError, ModelError
+from ..models import LocationRef, ModelRef
 
 if TYPE_CHECKING:
-    from ..models import EmbeddingModel, ModelRef
+    from ..models import EmbeddingModel
+    from ..models.satclip import LocationEncoder
 
-__all__ = ["clear_cache", "get_model", "get_or_create", "put_model"]
+__all__ = [
+    "BUILDS",
+    "clear_cache",
+    "get_location_encoder",
+    "get_model",
+    "get_or_create",
+    "load_location_encoder",
+    "put_location_encoder",
+    "put_model",
+]
 
-_CACHE: dict[tuple[str, str, str], EmbeddingModel] = {}
+# values are EmbeddingModel (3-tuple keys) or LocationEncoder (2-tuple keys): the key
+# lengths differ, so the two kinds can never collide
+_CACHE: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.RLock()
-BUILDS: dict[tuple[str, str, str], int] = {}  # how often each key was built here (for tests)
+#: How often each key was built (or, for location encoders, read from disk) in this process.
+BUILDS: dict[tuple[str, ...], int] = {}
 _RECIPES: dict[tuple[Any, ...], ModelRef] = {}  # (name, weights file state, options) -> ref
+# (resolved path, size, mtime_ns, trust) -> location cache key of the encoder read from it
+_LOCATION_FILES: dict[tuple[str, int, int, bool], tuple[str, str]] = {}
 
 
 def put_model(model: EmbeddingModel, device: str = "cpu") -> None:
@@ -32,30 +56,63 @@ def put_model(model: EmbeddingModel, device: str = "cpu") -> None:
 
 
 def clear_cache() -> None:
-    """Forget every cached model of this process (they are rebuilt on next use)."""
+    """Forget every cached image model and location encoder of this process.
+
+    They are rebuilt (or re-read from their checkpoint) on next use; in-memory objects that
+    were never registered anywhere else become unavailable.
+    """
     with _LOCK:
         _CACHE.clear()
         BUILDS.clear()
         _RECIPES.clear()
+        _LOCATION_FILES.clear()
 
 
-def get_model(ref: ModelRef, device: str = "cpu") -> EmbeddingModel:
-    """The model for ``ref`` on ``device``, built at most once per process."""
+@overload
+def get_model(ref: ModelRef, device: str = "cpu") -> EmbeddingModel: ...
+
+
+@overload
+def get_model(ref: LocationRef, device: str = "cpu") -> LocationEncoder: ...
+
+
+def get_model(ref: ModelRef | LocationRef, device: str = "cpu") -> EmbeddingModel | LocationEncoder:
+    """The model (or location encoder) for ``ref`` on ``device``, built at most once per process.
+
+    Parameters
+    ----------
+    ref
+        A :class:`~xsky.models.ModelRef` (image model) or :class:`~xsky.models.LocationRef`
+        (location encoder, see :func:`get_location_encoder`).
+    device
+        Torch device of an image model; location encoders run on ``"cpu"`` only.
+
+    Raises
+    ------
+    ModelError
+        The model exists only in another process (not in the registry here).
+    CheckpointError
+        It was rebuilt here with different weights than where the graph was built.
+    """
+    if isinstance(ref, LocationRef):
+        if device != "cpu":
+            raise ArgumentError(
+                f"location encoders run on the CPU; got device={device!r} for {ref.name!r}"
+            )
+        return get_location_encoder(ref)
     key = (*ref.key, device)
     model = _CACHE.get(key)
     if model is not None:
-        return model
+        return cast("EmbeddingModel", model)
     with _LOCK:
         model = _CACHE.get(key)
         if model is not None:
-            return model
-        base = _CACHE.get((*ref.key, "cpu"))
+            return cast("EmbeddingModel", model)
+        base = cast("EmbeddingModel | None", _CACHE.get((*ref.key, "cpu")))
         if base is None:
             base = _build(ref)
             _CACHE[(*ref.key, "cpu")] = base
         if device != "cpu":
-            import copy
-
             model = copy.deepcopy(base).to(device)
             model.ref = base.ref
             model.weights_sha256 = base.weights_sha256
@@ -70,7 +127,7 @@ def _build(ref: ModelRef) -> EmbeddingModel:
     from ..models import create_model, list_models
 
     if ref.name is None or ref.name not in list_models():
-        raise XSkyError(
+        raise ModelError(
             f"model {ref.spec.name!r} (weights {ref.sha256[:12]}) is not available in this "
             "process: it was created in another process and is not in the registry here. "
             "On a dask cluster, ship it to the workers once with "
@@ -79,7 +136,7 @@ def _build(ref: ModelRef) -> EmbeddingModel:
         )
     model = create_model(ref.name, ref.weights, **dict(ref.overrides))
     if model.weights_sha256 != ref.sha256:
-        raise XSkyError(
+        raise CheckpointError(
             f"model {ref.name!r} rebuilt in this process has weights {model.weights_sha256[:12]}, "
             f"but the graph expects {ref.sha256[:12]}; the weights file "
             f"{ref.weights!r} differs between processes (or the model is not deterministic)"
@@ -116,9 +173,116 @@ def get_or_create(name: str, weights: Any = None, **options: Any) -> EmbeddingMo
     if ref is not None:
         model = _CACHE.get((*ref.key, "cpu"))
         if model is not None:
-            return model
+            return cast("EmbeddingModel", model)
     model = create_model(name, weights, **options)
     with _LOCK:
         _RECIPES[key] = model.ref
         _CACHE[(*model.ref.key, "cpu")] = model
     return model
+
+
+# --------------------------------------------------------------------------------------
+# Location encoders
+# --------------------------------------------------------------------------------------
+
+
+def _location_key(digest: str) -> tuple[str, str]:
+    return ("location", digest)  # the same as LocationRef.key
+
+
+def _location_digest(enc: LocationEncoder) -> str:
+    from ..models._base import state_dict_sha256
+
+    # the features' convention is not in the state dict, so it goes into the digest
+    text = f"{state_dict_sha256(enc)}:{enc.posenc.harmonics_calculation}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def put_location_encoder(enc: LocationEncoder, *, snapshot: bool = False) -> str:
+    """Cache ``enc`` under the digest of its weights and harmonics convention.
+
+    Parameters
+    ----------
+    enc
+        An eval-mode :class:`~xsky.models.satclip.LocationEncoder`.
+    snapshot
+        Cache a private deep copy, so that later in-place edits of the user's encoder
+        cannot change what a graph built now computes.
+
+    Returns
+    -------
+    str
+        The digest (a :class:`~xsky.models.LocationRef`'s ``sha256``). An encoder with the
+        same digest already in the cache is kept.
+    """
+    digest = _location_digest(enc)
+    key = _location_key(digest)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = copy.deepcopy(enc) if snapshot else enc
+    return digest
+
+
+def load_location_encoder(path: str | os.PathLike[str], trust: bool = False
+                          ) -> tuple[LocationEncoder, str]:
+    """The cached encoder of a SatCLIP checkpoint and its digest.
+
+    The file is read once per process and file version (size, modification time) and
+    ``trust``; :data:`BUILDS` counts the reads.
+
+    Raises
+    ------
+    CheckpointError
+        The file does not exist (or cannot be read safely: UnsafeCheckpointError).
+    """
+    from ..models.satclip import LocationEncoder
+
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        raise CheckpointError(
+            f"location-encoder checkpoint {str(p)!r} does not exist; pass the path of a local "
+            "SatCLIP .ckpt (xsky.models.satclip.download_checkpoint fetches one)"
+        ) from None
+    fkey = (str(p), st.st_size, st.st_mtime_ns, bool(trust))
+    with _LOCK:
+        key = _LOCATION_FILES.get(fkey)
+        enc = _CACHE.get(key) if key is not None else None
+        if key is None or enc is None:
+            loaded = LocationEncoder.from_checkpoint(p, trust=trust)
+            key = _location_key(put_location_encoder(loaded))
+            BUILDS[key] = BUILDS.get(key, 0) + 1
+            _LOCATION_FILES[fkey] = key
+            enc = _CACHE[key]
+        return cast("LocationEncoder", enc), key[1]
+
+
+def get_location_encoder(ref: LocationRef) -> LocationEncoder:
+    """The location encoder for ``ref`` in this process, read from its file at most once.
+
+    Raises
+    ------
+    ModelError
+        The encoder exists only in the process that created it (``ref.path`` is ``None``).
+    CheckpointError
+        ``ref.path`` is missing here, or holds different weights than where the graph
+        was built.
+    """
+    enc = _CACHE.get(ref.key)
+    if enc is not None:
+        return cast("LocationEncoder", enc)
+    if ref.path is None:
+        raise ModelError(
+            f"location encoder {ref.name!r} (weights {ref.sha256[:12]}) exists only in the "
+            "process that created it; save it with torch.save and pass the checkpoint path, "
+            "or load it with LocationEncoder.from_checkpoint(path) so workers can read the file"
+        )
+    loaded, digest = load_location_encoder(ref.path, ref.trust)
+    if digest != ref.sha256:
+        raise CheckpointError(
+            f"checkpoint {ref.path!r} holds different weights in this process ({digest[:12]}) "
+            f"than where the graph was built ({ref.sha256[:12]}); the file changed or differs "
+            "between machines"
+        )
+    return loaded

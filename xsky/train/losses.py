@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..exceptions import XSkyError
+from ..exceptions import DimensionError
 
 __all__ = ["INIT_LOGIT_SCALE", "CLIPLoss", "clip_loss"]
 
@@ -51,18 +51,18 @@ def clip_loss(
     0.5514
     """
     if image_features.ndim != 2 or location_features.ndim != 2:
-        raise XSkyError(
+        raise DimensionError(
             f"clip_loss takes (N, D) features, got image {tuple(image_features.shape)} and "
             f"location {tuple(location_features.shape)}"
         )
     if image_features.shape != location_features.shape:
-        raise XSkyError(
+        raise DimensionError(
             f"image features {tuple(image_features.shape)} and location features "
             f"{tuple(location_features.shape)} must have the same shape (one pair per row); "
             "project them to a common width first"
         )
     if image_features.shape[0] < 2:
-        raise XSkyError("clip_loss needs at least 2 pairs per batch (the others are negatives)")
+        raise DimensionError("clip_loss needs at least 2 pairs per batch (the others are negatives)")
     img = F.normalize(image_features, dim=-1)
     loc = F.normalize(location_features.to(image_features.dtype), dim=-1)
     scale = torch.as_tensor(logit_scale, dtype=img.dtype, device=img.device).exp()

@@ -1,45 +1,33 @@
-"""Geo-context prototypes: Sinkhorn kernel, learning, sampling, labels, geo-context, I/O, plots."""
+"""Geo-context prototypes through the xarray API: learning per region, sampling, labels,
+geo-context, laziness, bad input, plots and the ``.sky`` accessor."""
 
 from __future__ import annotations
 
-import contextlib
-
-import dask
 import numpy as np
 import pytest
 import xarray as xr
 from pyproj import Transformer
 
 import xsky
-from xsky import CRSError, DimensionError, XSkyError, classify, geo_context, prototypes
+from xsky import (
+    AlignmentError,
+    ArgumentError,
+    CRSError,
+    DataError,
+    DimensionError,
+    XSkyError,
+    classify,
+    geo_context,
+    prototypes,
+)
 from xsky.api.geo_prototypes import (
     SKYSENSE_GRID,
-    fit_prototypes,
     open_prototypes,
     region_ids,
     save_prototypes,
-    sinkhorn_knopp,
 )
 from xsky.geo import write_crs
-
-try:
-    from xsky.testing import raise_if_dask_computes
-except ImportError:  # xarray's pattern: a scheduler that counts computes and fails past a limit
-
-    class _CountingScheduler:
-        def __init__(self, max_computes: int) -> None:
-            self.total = 0
-            self.max_computes = max_computes
-
-        def __call__(self, dsk, keys, **kwargs):
-            self.total += 1
-            if self.total > self.max_computes:
-                raise RuntimeError(f"too many dask computes: {self.total} > {self.max_computes}")
-            return dask.get(dsk, keys, **kwargs)
-
-    def raise_if_dask_computes(max_computes: int = 0) -> contextlib.AbstractContextManager:
-        return dask.config.set(scheduler=_CountingScheduler(max_computes))
-
+from xsky.testing import raise_if_dask_computes
 
 # A spherical plate carree: x and y are linear in lon and lat, so grid cells fall exactly on
 # pixel boundaries and the expected region of every pixel is known without pyproj.
@@ -116,83 +104,6 @@ def cube():
 def learned(cube):
     emb, _, _ = cube
     return prototypes(emb.chunk(y=7, x=13), k=4)
-
-
-# ---------------------------------------------------------------------------------------
-# Sinkhorn-Knopp and the per-region fit
-# ---------------------------------------------------------------------------------------
-
-
-def swav_reference(scores, eps, n_iter):
-    """SwAV's distributed_sinkhorn (exp domain, one process), rows scaled to sum to 1."""
-    q = np.exp(scores / eps).T  # (k, n)
-    q /= q.sum()
-    k, n = q.shape
-    for _ in range(n_iter):
-        q /= q.sum(axis=1, keepdims=True)
-        q /= k
-        q /= q.sum(axis=0, keepdims=True)
-        q /= n
-    return (q * n).T
-
-
-def test_sinkhorn_matches_swav_reference():
-    s = np.random.default_rng(0).uniform(-1, 1, size=(50, 6))
-    np.testing.assert_allclose(sinkhorn_knopp(s, 0.2, 3), swav_reference(s, 0.2, 3), rtol=1e-10)
-
-
-def test_sinkhorn_fast_and_log_domain_paths_agree():
-    from xsky.api.geo_prototypes import _sinkhorn_exp, _sinkhorn_log
-
-    z = np.random.default_rng(4).uniform(-1, 1, size=(30, 7)) / 0.05
-    for n_iter in (0, 3, 50):
-        np.testing.assert_allclose(_sinkhorn_exp(z, n_iter), _sinkhorn_log(z, n_iter), rtol=1e-9)
-
-
-def test_sinkhorn_without_iterations_is_row_softmax():
-    s = np.random.default_rng(1).normal(size=(7, 3))
-    e = np.exp(s / 0.5)
-    np.testing.assert_allclose(sinkhorn_knopp(s, 0.5, 0), e / e.sum(1, keepdims=True), rtol=1e-12)
-
-
-def test_sinkhorn_converges_to_equipartition_and_ignores_prototype_offsets():
-    rng = np.random.default_rng(2)
-    s = rng.uniform(-1, 1, size=(40, 5))
-    q = sinkhorn_knopp(s, 0.1, 500)
-    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(q.sum(axis=0), 40 / 5, atol=1e-6)
-    # A per-prototype constant is removed by the first column scaling, even at epsilon 0.01
-    # where exp(scores / epsilon) alone would overflow (the kernel works in the log domain).
-    shifted = sinkhorn_knopp(s + rng.normal(size=(1, 5)) * 30, 0.01, 3)
-    np.testing.assert_allclose(shifted, sinkhorn_knopp(s, 0.01, 3), atol=1e-9)
-    assert np.all(np.isfinite(sinkhorn_knopp(s, 1e-4, 3)))
-
-
-@pytest.mark.parametrize(
-    ("scores", "kw", "match"),
-    [
-        (np.array([[np.nan, 0.0]]), {}, "NaN"),
-        (np.zeros((3, 2)), {"epsilon": 0}, "epsilon"),
-        (np.zeros((3, 2)), {"n_iter": -1}, "n_iter"),
-        (np.zeros(3), {}, "2-D"),
-    ],
-)
-def test_sinkhorn_rejects_bad_input(scores, kw, match):
-    with pytest.raises(XSkyError, match=match):
-        sinkhorn_knopp(scores, **kw)
-
-
-def test_fit_prototypes_recovers_planted_centres_deterministically():
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(5, 16))
-    x = centres[rng.integers(5, size=600)] + 0.05 * rng.normal(size=(600, 16))
-    p = fit_prototypes(x, 5, seed=7)
-    np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-12)
-    cos = (centres / np.linalg.norm(centres, axis=1, keepdims=True)) @ p.T
-    assert np.all(cos.max(axis=1) > 0.99)  # every planted centre has its prototype
-    np.testing.assert_array_equal(p, fit_prototypes(x, 5, seed=7))
-    with pytest.raises(XSkyError, match="k=5 prototypes from 4 samples"):
-        fit_prototypes(x[:4], 5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,6 +424,40 @@ def test_bad_input_raises_a_clear_error(cube, change, kw, err, match):
         prototypes(change(cube[0]), **kw)
 
 
+@pytest.mark.parametrize(
+    ("change", "kw", "err"),
+    [
+        (lambda e: e * np.nan, {"k": 2}, DataError),
+        (lambda e: e.astype("int32"), {"k": 2}, DataError),
+        (lambda e: e, {}, ArgumentError),
+        (lambda e: e, {"k": 2, "regions": "countries"}, ArgumentError),
+        (lambda e: e, {"k": 0}, ArgumentError),
+        (lambda e: e, {"k": 2, "epsilon": -1}, ArgumentError),
+        (lambda e: e, {"k": 2, "momentum": 1.0}, ArgumentError),
+        (lambda e: e, {"k": 2, "sample": 0}, ArgumentError),
+        (lambda e: e, {"k": 2, "iterations": -1}, ArgumentError),
+        (lambda e: e, {"k": 2, "seed": -1}, ArgumentError),
+        (lambda e: e, {"k": 2, "cell_size": (0, 1)}, ArgumentError),
+        (lambda e: e, {"k": 2, "sparse": "keep"}, ArgumentError),
+        (lambda e: e.to_dataset(), {"k": 2}, ArgumentError),
+    ],
+)
+def test_bad_input_raises_the_fitting_error_family(cube, change, kw, err):
+    with pytest.raises(err):
+        prototypes(change(cube[0]), **kw)
+
+
+def test_misaligned_inputs_are_alignment_errors(cube, learned):
+    emb, truth, _ = cube
+    labels = xr.DataArray(truth, dims=("y", "x"), coords={"y": emb.y, "x": emb.x})
+    with pytest.raises(AlignmentError):
+        prototypes(emb, labels=labels.isel(x=slice(1, None)))
+    with pytest.raises(AlignmentError):
+        prototypes(emb, k=2, regions=xr.DataArray(np.zeros((30, 59), int), dims=("y", "x")))
+    with pytest.raises(ArgumentError, match="do not pass a region label map"):
+        classify(emb, learned, regions=labels)
+
+
 def test_labels_must_match_the_embedding_grid(cube):
     emb, truth, _ = cube
     labels = xr.DataArray(truth, dims=("y", "x"), coords={"y": emb.y, "x": emb.x})
@@ -541,66 +486,6 @@ def test_label_map_prototypes_need_a_label_map_on_another_grid(cube, tmp_path):
         classify(emb, open_prototypes(path))
     got = classify(emb, open_prototypes(path), regions=rmap).label.values
     np.testing.assert_array_equal(got, out.assignment.values)
-
-
-# ---------------------------------------------------------------------------------------
-# persistence
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
-def test_save_and_open_round_trip_exactly(cube, learned, tmp_path, suffix):
-    path = tmp_path / f"protos{suffix}"
-    save_prototypes(learned, path)
-    back = open_prototypes(path)
-    assert set(back.data_vars) == {"prototypes", "n_samples", "n_pixels"}
-    np.testing.assert_array_equal(back.prototypes.values, learned.prototypes.values)
-    assert back.prototypes.dtype == np.float32
-    for c in ("region", "prototype", "lon_min", "lon_max", "lat_min", "lat_max"):
-        np.testing.assert_array_equal(back[c].values, learned[c].values)
-    expected = {
-        "kind": "learned",
-        "k": 4,
-        "sample": 4096,
-        "iterations": 30,
-        "epsilon": 0.05,
-        "momentum": 0.5,
-        "seed": 0,
-        "regions": "grid",
-        "grid": "skysense-4096",
-        "cell_size": (5.625, 2.8125),
-        "source_model": "test-tiny",
-        "source_weights_sha256": "ab" * 32,
-    }
-    for key, val in expected.items():
-        assert back.attrs[key] == val, key
-    assert back.attrs["xsky_version"] == learned.attrs["xsky_version"]
-    # saving again what was read gives the same file content
-    path2 = tmp_path / f"again{suffix}"
-    save_prototypes(back, path2)
-    xr.testing.assert_identical(open_prototypes(path2), back)
-    # and the loaded prototypes map the cube as the originals did
-    np.testing.assert_array_equal(classify(cube[0], back).label.values, learned.assignment.values)
-
-
-def test_label_prototypes_are_computed_when_saved(tmp_path):
-    emb, truth, _ = planted_cube(shared_centres=True, seed=15)
-    lp = prototypes(emb.chunk(y=10), labels=few_shot_labels(emb, truth, 4))
-    save_prototypes(lp, tmp_path / "lp.zarr")
-    back = open_prototypes(tmp_path / "lp.zarr")
-    np.testing.assert_allclose(back.prototypes.values, lp.prototypes.values, rtol=0, atol=0)
-    np.testing.assert_array_equal(back.n_labelled.values, [[4, 4, 4, 4]])
-    assert back.attrs["kind"] == "labels" and back.attrs["regions"] == "global"
-
-
-def test_persistence_rejects_unknown_formats_and_foreign_files(learned, tmp_path):
-    with pytest.raises(XSkyError, match=r"'\.zarr'"):
-        save_prototypes(learned, tmp_path / "p.csv")
-    xr.Dataset({"a": ("x", [1.0])}).to_netcdf(tmp_path / "other.nc")
-    with pytest.raises(XSkyError, match="no 'prototypes' variable"):
-        open_prototypes(tmp_path / "other.nc")
-    with pytest.raises(XSkyError, match="no prototypes file"):
-        open_prototypes(tmp_path / "missing.zarr")
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,10 +15,20 @@ import xarray as xr
 from pyproj import Transformer
 
 import xsky
-from xsky.api import location as loc
-from xsky.api.location import location_embed, location_embed_points
-from xsky.exceptions import CRSError, DimensionError, UnsafeCheckpointError, XSkyError
+from xsky.api.location import location_embed, location_embed_points, resolve_location_encoder
+from xsky.exceptions import (
+    AlignmentError,
+    ArgumentError,
+    CheckpointError,
+    CRSError,
+    DataError,
+    DimensionError,
+    ModelError,
+    UnsafeCheckpointError,
+    XSkyError,
+)
 from xsky.models.satclip import LocationEncoder
+from xsky.runtime import cache
 from xsky.testing import raise_if_dask_computes
 
 
@@ -114,17 +124,17 @@ def test_graph_carries_no_weights_and_a_fresh_process_loads_the_checkpoint_once(
     assert len(blob) < 50_000 < ckpt40.stat().st_size  # the L=40 file is 874 kB
     expected = emb.values
     # simulate a worker: a process whose caches are empty gets the pickled graph
-    saved = (dict(loc._ENCODERS), dict(loc._FILES), dict(loc.LOADS))
-    loc._ENCODERS.clear(), loc._FILES.clear(), loc.LOADS.clear()
+    saved = (dict(cache._CACHE), dict(cache._LOCATION_FILES), dict(cache.BUILDS))
+    cache._CACHE.clear(), cache._LOCATION_FILES.clear(), cache.BUILDS.clear()
     try:
         arr = da.Array(pickle.loads(blob), emb.data.name, emb.data.chunks,
                        meta=emb.data._meta)
         got = arr.compute(scheduler="sync")
         np.testing.assert_array_equal(got, expected)
-        assert list(loc.LOADS.values()) == [1]  # 12 blocks, one load
+        assert list(cache.BUILDS.values()) == [1]  # 12 blocks, one load
     finally:
-        loc._ENCODERS.update(saved[0]), loc._FILES.update(saved[1])
-        loc.LOADS.clear(), loc.LOADS.update(saved[2])
+        cache._CACHE.update(saved[0]), cache._LOCATION_FILES.update(saved[1])
+        cache.BUILDS.clear(), cache.BUILDS.update(saved[2])
 
 
 def test_in_memory_encoder_model_name_and_float32_output(ckpt10):
@@ -139,7 +149,7 @@ def test_in_memory_encoder_model_name_and_float32_output(ckpt10):
     lazy = location_embed(cube, enc)
     with torch.no_grad():
         enc.nnet.last_layer.bias.add_(1.0)
-    ref, _ = loc.resolve_location_encoder(enc)
+    ref, _ = resolve_location_encoder(enc)
     assert ref.path is None
     c = location_embed(cube, enc).compute()
     np.testing.assert_allclose(c.values, a.values + 1.0, atol=1e-12)
@@ -164,6 +174,41 @@ def test_location_embed_errors_name_the_problem_and_fix(ckpt10, ckpt40):
     enc = LocationEncoder(legendre_polys=2, capacity=4, embed_dim=3)  # training mode
     with pytest.raises(XSkyError, match="eval"):
         location_embed(cube, enc)
+
+
+def test_errors_have_the_family_of_what_is_wrong(ckpt10, ckpt40):
+    cube = _utm_cube(ny=10, nx=10)
+    with pytest.raises(ArgumentError, match="stride must be a positive integer"):
+        location_embed(cube, ckpt10, stride=1.5)
+    with pytest.raises(ArgumentError, match="dtype must be one of"):
+        location_embed(cube, ckpt10, dtype="float16")
+    with pytest.raises(ArgumentError, match="chunks"):
+        location_embed(cube, ckpt10, chunks={"y": 0})
+    with pytest.raises(ArgumentError, match="weights="):
+        location_embed(cube, "satclip-resnet18-l10")
+    with pytest.raises(ArgumentError, match="needs an xarray"):
+        location_embed(np.zeros((3, 3)), ckpt10)
+    with pytest.raises(CheckpointError, match="L=40"):
+        location_embed(cube, "satclip-resnet18-l10", weights=ckpt40)
+    with pytest.raises(ArgumentError, match="batch_size must be a positive integer"):
+        location_embed_points([1.0], [2.0], ckpt10, batch_size=0)
+    with pytest.raises(DataError, match="NaN"):
+        location_embed_points([10.0, np.nan], [45.0, 46.0], ckpt10)
+    with pytest.raises(DataError, match="swapped"):
+        location_embed_points([10.0], [120.0], ckpt10)
+    with pytest.raises(AlignmentError, match="different indexes"):
+        location_embed_points(pd.Series([1.0], index=["a"]), pd.Series([2.0], index=["b"]),
+                              ckpt10)
+
+
+def test_a_graph_of_an_edited_encoder_fails_clearly_where_it_was_not_registered(ckpt10):
+    enc = LocationEncoder.from_checkpoint(ckpt10)
+    with torch.no_grad():
+        enc.nnet.last_layer.bias.add_(1.0)  # no longer the file's weights: in memory only
+    emb = location_embed(_utm_cube(ny=4, nx=4), enc)
+    cache.clear_cache()  # as in a worker that never saw the encoder
+    with pytest.raises(ModelError, match="exists only in the process"):
+        emb.compute(scheduler="sync")
 
 
 def test_accessor_top_level_export_and_datatree_give_the_same_result(ckpt10):
