@@ -24,7 +24,7 @@ from ..exceptions import (
 )
 from ..geo import GridInfo, get_crs, grid_info
 from ..modalities import canonical_band, match_bands
-from ..models.spec import ModalitySpec
+from ..models.spec import ModalitySpec, ModelSpec
 
 __all__ = ["Cube", "prepare_cubes"]
 
@@ -221,7 +221,7 @@ def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) 
         )
 
 
-def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.DataArray]:
+def modality_objects(obj: Any, model_spec: ModelSpec) -> dict[str, xr.Dataset | xr.DataArray]:
     """Split the user's object into ``{modality: xarray object}`` for the model."""
     names = model_spec.modality_names
     if isinstance(obj, xr.DataTree):
@@ -244,7 +244,7 @@ def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.Dat
         raise ArgumentError(
             f"xsky.embed needs an xarray DataArray, Dataset or DataTree, got {type(obj).__name__}"
         )
-    missing = [m for m in model_spec.required_modalities if m not in found]
+    missing = [m for m in model_spec.required_modalities or () if m not in found]
     if missing:
         raise BandMismatchError(
             f"model {model_spec.name!r} needs modality {missing}, but the input has "
@@ -253,7 +253,7 @@ def modality_objects(obj: Any, model_spec: Any) -> dict[str, xr.Dataset | xr.Dat
     return found
 
 
-def _pick_modality(obj: xr.Dataset | xr.DataArray, model_spec: Any) -> str:
+def _pick_modality(obj: xr.Dataset | xr.DataArray, model_spec: ModelSpec) -> str:
     """For a plain Dataset/DataArray, the modality whose bands it holds."""
     if len(model_spec.modalities) == 1:
         return model_spec.modalities[0].name
@@ -269,7 +269,7 @@ def _pick_modality(obj: xr.Dataset | xr.DataArray, model_spec: Any) -> str:
     return model_spec.modalities[0].name
 
 
-def prepare_cubes(obj: Any, model_spec: Any, *, units: Any = None) -> dict[str, Cube]:
+def prepare_cubes(obj: Any, model_spec: ModelSpec, *, units: Any = None) -> dict[str, Cube]:
     """``{modality: Cube}`` for the modalities of ``obj`` the model takes."""
     objs = modality_objects(obj, model_spec)
     if units is not None and not isinstance(units, Mapping):

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
+from dask.base import compute
+from dask.delayed import delayed
 
 from .._coerce import positive_float, positive_int
 from ..exceptions import ArgumentError, DataError, DimensionError
@@ -383,7 +384,7 @@ def draw_sample(
     blocks = arr.to_delayed()
     rblocks = rmap.to_delayed() if rmap is not None else None
     yv, xv = cube.ys, cube.xs
-    fn = dask.delayed(_sample_block, pure=True)
+    fn = delayed(_sample_block, pure=True)
     parts = []
     for bt in range(len(chunks[0])):
         for by in range(len(chunks[1])):
@@ -405,13 +406,13 @@ def draw_sample(
                         sample,
                     )
                 )
-    merge = dask.delayed(partial(_merge_parts, sample=sample), pure=True)
+    merge = delayed(partial(_merge_parts, sample=sample), pure=True)
     while len(parts) > 1:
         parts = [merge(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
     if len(parts) == 1:  # a single block still goes through one merge (counts, extents)
         parts = [merge(parts[0])]
     result: dict[str, np.ndarray]
-    (result,) = dask.compute(parts[0])
+    (result,) = compute(parts[0])
     return result
 
 

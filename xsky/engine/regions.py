@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
+from dask.base import compute
 
 from ..geo import pixel_lonlat
 
@@ -171,7 +171,7 @@ def regions_present(
             raw = np.asarray(raw, "float64")
             vals = np.unique(raw[np.isfinite(raw) & (raw >= 0)]).astype("int64")
         else:
-            (vals,) = dask.compute(da.unique(rmap))
+            (vals,) = compute(da.unique(rmap))
         vals = np.asarray(vals)
         return vals[vals >= 0]
     found: set[int] = set()
