@@ -1,0 +1,130 @@
+"""Writing result stores without losing data.
+
+xsky overwrites only what it wrote itself and never leaves a half-written result in place
+of a good one:
+
+- a store xsky writes carries a marker (a ``.xsky-store`` file inside a directory store such
+  as Zarr, or the ``xsky_store`` global attribute of a NetCDF file);
+- :func:`check_target` refuses an existing path unless ``overwrite=True`` *and* the path is
+  a store xsky wrote; a directory or file without the marker is never replaced;
+- :func:`atomic_store` hands out a temporary sibling to write into, and only when the write
+  succeeded swaps it into place (the previous result is removed after the swap). A failed or
+  interrupted write leaves the previous result as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..exceptions import ArgumentError
+
+__all__ = ["MARKER", "NETCDF_ATTR", "atomic_store", "check_target", "is_xsky_store", "mark"]
+
+#: file written inside directory stores xsky created
+MARKER = ".xsky-store"
+#: NetCDF global attribute of files xsky created
+NETCDF_ATTR = "xsky_store"
+
+
+def is_xsky_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a store xsky wrote (its marker is there)."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / MARKER).is_file()
+    if p.is_file():
+        return _netcdf_marked(p)
+    return False
+
+
+def _netcdf_marked(p: Path) -> bool:
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(p) as nc:
+            return NETCDF_ATTR in nc.ncattrs()
+    except Exception:  # not a NetCDF file (or unreadable): not ours
+        return False
+
+
+def mark(path: str | os.PathLike[str]) -> None:
+    """Mark a freshly written directory store as xsky's (NetCDF files carry the attribute)."""
+    p = Path(path)
+    if p.is_dir():
+        (p / MARKER).write_text("written by xsky; xsky may overwrite this store\n")
+
+
+def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
+    """Check, before any work, that ``path`` may be written.
+
+    Raises
+    ------
+    ArgumentError
+        ``path`` exists and ``overwrite`` is false; or it exists but is not a store xsky wrote
+        (xsky never replaces what it did not create); or its folder cannot be written.
+    """
+    p = Path(path).expanduser()
+    if p.exists() or p.is_symlink():
+        if not overwrite:
+            raise ArgumentError(
+                f"{what} {str(p)!r} exists; pass overwrite=True (--overwrite) to replace it, "
+                "or choose another path"
+            )
+        if not is_xsky_store(p):
+            kind = "directory" if p.is_dir() else "file"
+            raise ArgumentError(
+                f"{what} {str(p)!r} is an existing {kind} that xsky did not write (no "
+                f"{MARKER!r} marker), so xsky will not replace it even with overwrite; "
+                "remove it yourself or choose another path"
+            )
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise ArgumentError(f"{what} {str(p)!r} cannot be written: {str(probe)!r} is not writable")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_store(path: str | os.PathLike[str], *, overwrite: bool,
+                 what: str = "output") -> Iterator[Path]:
+    """Write a store through a temporary sibling, swapped into place on success.
+
+    Use as ``with atomic_store(path, overwrite=...) as tmp: ds.to_zarr(tmp)``. On success the
+    store is marked as xsky's (a NetCDF file must be written with the global attribute
+    :data:`NETCDF_ATTR` set, which this function checks) and replaces ``path`` (an earlier xsky store there is removed
+    after the swap); on any error the temporary is removed and ``path`` is untouched.
+    """
+    final = check_target(path, overwrite=overwrite, what=what)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = final.with_name(f".{final.name}.xsky-tmp-{token}")
+    old = final.with_name(f".{final.name}.xsky-old-{token}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise ArgumentError(f"nothing was written to {str(tmp)!r}")
+        if tmp.is_file() and not _netcdf_marked(tmp):
+            raise AssertionError(f"a NetCDF store must be written with attrs[{NETCDF_ATTR!r}]")
+        mark(tmp)
+        if final.exists():
+            os.replace(final, old)  # keep the previous result until the new one is in place
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        if old.exists() and not final.exists():
+            os.replace(old, final)  # put the previous result back
+        raise
+    _remove(old)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
