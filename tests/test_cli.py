@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -82,19 +83,121 @@ def test_embed_sample_writes_store_and_preview(tmp_path, capsys):
 
 
 def test_embed_refuses_to_overwrite_and_reports_bad_input(items_file, tmp_path, capsys):
+    # exit status convention: 2 = usage error (ArgumentError), 1 = data error (DataError ...)
     out = tmp_path / "exists.zarr"
     out.mkdir()
     base = ["embed", "--items", str(items_file), "--model", "test-tiny"]
     assert main([*base, "--out", str(out)]) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "a.zarr"), "--bbox", "1", "2", "3"]) == 2
     assert "--bbox must be 4 numbers" in capsys.readouterr().err
-    assert main([*base, "--out", str(tmp_path / "b.zarr"), "--bbox", "10,50,10.1,50.1"]) == 2
+    # a bbox outside the items is a data error now (was 2 before the convention)
+    assert main([*base, "--out", str(tmp_path / "b.zarr"), "--bbox", "10,50,10.1,50.1"]) == 1
     assert "does not overlap any of the 6 items" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "c.zarr"), "--modality", "s1"]) == 2
     assert "takes modalities ['s2'], not --modality 's1'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --items or --sample is required
         main(["embed", "--model", "test-tiny", "--out", str(tmp_path / "d.zarr")])
+
+
+SAMPLE = ["embed", "--sample", "romania", "--model", "test-tiny", "--time",
+          "2020-06-01/2020-06-30", "--no-progress"]
+
+
+@pytest.mark.parametrize(("chunks", "match"), [
+    ("x=0", r"--chunks sizes must be positive.*'x': 0"),
+    ("band=4", r"--chunks names dimension\(s\) \['band'\]; use 'time', 'x', 'y'"),
+    ("x=ten", r"--chunks must be an int or 'x=512,y=512,time=1'"),
+])
+def test_embed_bad_chunks_is_a_usage_error_in_one_line(tmp_path, capsys, chunks, match):
+    out = tmp_path / "o.zarr"
+    assert main([*SAMPLE, "--out", str(out), "--chunks", chunks]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(match, err)
+    assert not out.exists()
+
+
+def test_debug_flag_prints_the_traceback(tmp_path, capsys):
+    assert main([*SAMPLE, "--out", str(tmp_path / "o.zarr"), "--chunks", "x=0", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ArgumentError" in err
+    assert main(["--debug", "models", "no-such-*"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_data_error_exits_1_with_one_line(tmp_path, capsys):
+    # --time outside the sample: the values are well-formed, the data does not have them
+    argv = ["embed", "--sample", "romania", "--model", "test-tiny", "--time",
+            "1990-01-01/1990-02-01", "--out", str(tmp_path / "o.zarr")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "no date of the sample falls in --time '1990-01-01/1990-02-01'" in err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_overwrite_never_deletes_a_directory_xsky_did_not_write(tmp_path, capsys):
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main([*SAMPLE, "--out", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "xsky did not write" in err and "remove it yourself or choose another path" in err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    plain = tmp_path / "notes.txt"
+    plain.write_text("keep")
+    assert main([*SAMPLE, "--out", str(plain), "--overwrite"]) == 2
+    assert "existing file that xsky did not write" in capsys.readouterr().err
+    assert plain.read_text() == "keep"
+
+
+def test_overwrite_replaces_an_xsky_store_and_a_failed_write_keeps_it(tmp_path, capsys,
+                                                                      monkeypatch):
+    from xsky.io.store import is_xsky_store
+
+    out = tmp_path / "emb.zarr"
+    assert main([*SAMPLE, "--out", str(out)]) == 0
+    assert is_xsky_store(out)
+    first = xr.open_zarr(out, consolidated=False)["embedding"].load()
+    # a second run overwrites it (it is xsky's) ...
+    argv = ["embed", "--sample", "romania", "--model", "test-tiny", "--time",
+            "2020-07-01/2020-07-31", "--no-progress", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0
+    second = xr.open_zarr(out, consolidated=False)["embedding"].load()
+    assert not np.array_equal(second.time.values, first.time.values)
+    # ... and a write that fails half-way leaves the previous result intact
+    import dask
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dask, "compute", boom)
+    assert main(argv) == 1
+    assert "disk full" in capsys.readouterr().err
+    kept = xr.open_zarr(out, consolidated=False)["embedding"].load()
+    xr.testing.assert_identical(kept, second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.zarr"]  # no temporary left
+
+
+def test_unwritable_preview_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import xsky.api
+
+    called = []
+    monkeypatch.setattr(xsky.api, "embed", lambda *a, **k: called.append(1))
+    out = tmp_path / "o.zarr"
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for png, match in [(blocker / "p.png", "cannot be written"),
+                       (tmp_path, "is a directory; give a .png file path"),
+                       (tmp_path / "p.jpg", "must be a .png file path")]:
+        assert main([*SAMPLE, "--out", str(out), "--preview", str(png)]) == 2
+        assert match in capsys.readouterr().err
+    assert not called and not out.exists()
+    # a preview folder that does not exist yet is created (out/ in out/emb.png)
+    assert main([*SAMPLE, "--out", str(out), "--preview", str(tmp_path / "new" / "p.png")]) == 1
+    assert (tmp_path / "new").is_dir() and called == [1]
 
 
 def test_console_script_is_declared_and_runs():

@@ -28,9 +28,10 @@ def test_romania_sample_layout_values_and_crs(shared):
     assert ds.sizes == {"time": 99, "y": 100, "x": 100}
     assert ds.B02.dtype == np.float32
     assert ds.valid.dtype == bool
-    # ETRS89-LAEA (EPSG:3035 with a null TOWGS84, which pyproj reads as IGNF:ETRS89LAEA)
+    # ETRS89-LAEA: stored as EPSG:3035 with a null TOWGS84 (which pyproj reads as
+    # IGNF:ETRS89LAEA), recognised as EPSG:3035
     crs = CRS(ds.rio.crs.to_wkt())
-    assert crs.source_crs.to_epsg(min_confidence=20) == 3035
+    assert crs.to_epsg() == 3035 and ds.rio.crs.to_epsg() == 3035
     assert "ETRS89" in crs.to_wkt()
     # values are the shared cube's DN / 10000, on the same dates
     raw = xr.open_dataset(shared / "data/s2_ts_romania/sentinel2_cube_subset_romania_10m.nc")

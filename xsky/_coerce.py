@@ -25,6 +25,7 @@ __all__ = [
     "device",
     "edge",
     "float_dtype",
+    "float_values",
     "optional_positive_int",
     "output_chunks",
     "overlap",
@@ -254,3 +255,28 @@ def time_range(value: Any) -> tuple[Any, Any] | None:
     if out[0] > out[1]:
         raise ArgumentError(f"time range {value!r} ends before it starts")
     return out[0], out[1]
+
+
+def float_values(value: Any, name: str, unit: str = "") -> np.ndarray:
+    """``value`` as a float64 numpy array, refusing text, booleans and other non-numbers.
+
+    Numbers stored as text (``"48.85"``, a CSV column read without parsing) are refused
+    too: they are usually a column that was not parsed as intended.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64)
+    flat = arr.ravel()
+    none = object()
+    bad = next((v for v in flat if isinstance(v, bool | np.bool_) or not isinstance(
+        v, int | float | np.integer | np.floating)), none)
+    if bad is none:
+        if arr.dtype.kind == "O" or not flat.size:
+            return arr.astype(np.float64)  # plain numbers in an object array, or empty
+        bad = flat[0]
+    shown = bad.item() if isinstance(bad, np.generic) else bad
+    what = f" (in {unit})" if unit else ""
+    raise ArgumentError(
+        f"{name} must be numbers{what}, got {arr.dtype} values such as {shown!r}; convert "
+        "them first, e.g. with pandas.to_numeric(values) or np.asarray(values, dtype=float)"
+    )

@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,14 +103,65 @@ def _load(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_outputs(args: argparse.Namespace) -> Path:
+    """Validate every output path before any work (nothing is read or computed yet)."""
+    from .io.store import check_target
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() in (".nc", ".nc4", ".netcdf"):
+        raise ArgumentError(
+            f"--out {str(out)!r}: xsky embed writes a Zarr store (a directory), not NetCDF; "
+            "give a path ending in .zarr"
+        )
+    check_target(out, overwrite=args.overwrite, what="--out store")
+    if args.preview:
+        png = Path(args.preview).expanduser()
+        if png.resolve() == out.resolve():
+            raise ArgumentError("--preview must differ from --out")
+        if png.is_dir():
+            raise ArgumentError(f"--preview {str(png)!r} is a directory; give a .png file path")
+        if png.suffix.lower() != ".png":
+            raise ArgumentError(f"--preview {str(png)!r} must be a .png file path")
+        if png.exists():
+            if not os.access(png, os.W_OK):
+                raise ArgumentError(f"--preview {str(png)!r} exists and is not writable; "
+                                    "choose another path")
+        else:
+            check_target(png, overwrite=False, what="--preview")  # its folder is writable
+            _probe_writable(png)
+    return out
+
+
+def _probe_writable(path: Path) -> None:
+    """Create ``path``'s folder, then create and remove a file beside ``path`` (an
+    ``os.access`` check is not enough, e.g. for root or read-only mounts)."""
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ArgumentError(
+            f"--preview {str(path)!r} cannot be written: {str(anc)!r} is a file, not a folder; "
+            "choose another path"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. out/ of out/emb.png
+    probe = path.with_name(f".{path.name}.xsky-probe")
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as err:
+        raise ArgumentError(
+            f"--preview {str(path)!r} cannot be written ({err.strerror}); choose another path"
+        ) from None
+    probe.unlink()
+
+
 def _embed(args: argparse.Namespace) -> int:
     import dask
 
     from .api import embed
+    from .io.store import atomic_store
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ArgumentError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    out = _check_outputs(args)
     cube = _load(args)
     emb = embed(
         cube,
@@ -125,14 +177,17 @@ def _embed(args: argparse.Namespace) -> int:
         f"into {out}",
         file=sys.stderr,
     )
-    delayed = ds.to_zarr(out, mode="w", compute=False, consolidated=False)
-    if args.progress:
-        from dask.diagnostics import ProgressBar
+    # write beside the target, swap in on success: a failed or interrupted write keeps the
+    # previous result; only a store xsky wrote is ever replaced
+    with atomic_store(out, overwrite=args.overwrite, what="--out store") as tmp:
+        delayed = ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+        if args.progress:
+            from dask.diagnostics import ProgressBar
 
-        with ProgressBar(out=sys.stderr):
+            with ProgressBar(out=sys.stderr):
+                dask.compute(delayed)
+        else:
             dask.compute(delayed)
-    else:
-        dask.compute(delayed)
     if args.preview:
         import xarray as xr
 
@@ -170,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xsky", description="Foundation-model embeddings for "
                                 "xarray/Dask datacubes.")
     p.add_argument("--version", action="version", version=f"xsky {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (default: one line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("embed", help="embed STAC items or a sample cube into a Zarr store",
@@ -199,24 +256,60 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing store")
     e.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of an error (default: one line)")
     e.set_defaults(func=_embed)
 
     m = sub.add_parser("models", help="list registered models")
     m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'skysense-*'")
     m.add_argument("-v", "--verbose", action="store_true", help="bands, window, stride, features")
+    m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of an error (default: one line)")
     m.set_defaults(func=_models)
     return p
 
 
+#: exit statuses: 0 success, 2 a usage error (bad flags or values: ArgumentError, argparse),
+#: 1 a data or runtime error (DataError, CheckpointError, ModelError, ...)
+EXIT_USAGE, EXIT_DATA = 2, 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``xsky`` command line; returns the exit status."""
+    """Run the ``xsky`` command line; returns the exit status.
+
+    0 on success; 2 for a usage error (invalid flags or values, :class:`ArgumentError`);
+    1 for a data or runtime error (:class:`DataError`, :class:`CheckpointError`,
+    :class:`ModelError`, an unreadable file, ...). Errors print one line on stderr; ``--debug``
+    prints the traceback as well.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except XSkyError as err:
-        print(f"xsky {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except ArgumentError as err:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"xsky {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"xsky {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        kind = "error" if isinstance(err, XSkyError) else f"error ({type(err).__name__})"
+        hint = "" if isinstance(err, XSkyError) or args.debug else " (--debug: traceback)"
+        print(f"xsky {args.command}: {kind}: {_one_line(err)}{hint}", file=sys.stderr)
+        return EXIT_DATA
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -84,6 +84,7 @@ def get_crs(obj: xr.DataArray | xr.Dataset) -> Any:
         with contextlib.suppress(DimensionError):
             ydim, xdim = spatial_dims(obj)
         if ydim in ("lat", "latitude") and xdim in ("lon", "longitude"):
+            _check_degrees(obj, ydim, xdim)
             return CRS.from_epsg(4326)
         raise CRSError(
             f"CRS not found on {_name(obj)}; set it with obj.rio.write_crs('EPSG:32633') "
@@ -92,11 +93,46 @@ def get_crs(obj: xr.DataArray | xr.Dataset) -> Any:
     return CRS.from_user_input(crs if isinstance(crs, str) else crs.to_wkt())
 
 
+def _check_degrees(obj: Any, ydim: str, xdim: str) -> None:
+    """``lat``/``lon`` dims without a CRS are taken as EPSG:4326 only when their values are
+    degrees (reads the 1-D coordinates only)."""
+    for dim, lo, hi in ((ydim, -90.0, 90.0), (xdim, -180.0, 360.0)):
+        if dim not in obj.coords:
+            continue
+        values = np.asarray(obj[dim].values)
+        if not np.issubdtype(values.dtype, np.number) or values.size == 0:
+            continue
+        vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+        if vmin < lo or vmax > hi:
+            raise CRSError(
+                f"{_name(obj)} has dims {ydim!r}/{xdim!r} and no CRS, so xsky would take them "
+                f"as degrees (EPSG:4326), but {dim!r} ranges from {vmin:g} to {vmax:g}, outside "
+                f"[{lo:g}, {hi:g}]: these look like projected coordinates. Set the CRS they are "
+                "in with obj.rio.write_crs('EPSG:32633') (your CRS), and rename the dims to "
+                "'y'/'x'"
+            )
+
+
 def write_crs(obj: Any, crs: Any) -> Any:
-    """Write ``crs`` as a ``spatial_ref`` coordinate readable by rioxarray and odc-geo."""
+    """Write ``crs`` as a ``spatial_ref`` coordinate readable by rioxarray and odc-geo.
+
+    The CF ``grid_mapping`` reference is kept as an *attribute* of the data variable(s), not
+    only in ``encoding`` as rioxarray does: xarray then also lists ``spatial_ref`` in the
+    variables' ``coordinates`` on disk, so a Zarr or NetCDF written from the result reopens
+    with ``spatial_ref`` as a coordinate (and ``obj.rio.crs`` set) under a plain
+    ``xr.open_zarr`` / ``xr.open_dataset``, without ``decode_coords="all"``.
+    """
     import rioxarray  # noqa: F401
 
-    return obj.rio.write_crs(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    out = obj.rio.write_crs(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    name = out.rio.grid_mapping
+    variables = [out] if not hasattr(out, "data_vars") else [out[v] for v in out.data_vars]
+    for var in variables:
+        if var.name == name:
+            continue
+        var.encoding.pop("grid_mapping", None)
+        var.attrs["grid_mapping"] = name
+    return out
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ __all__ = [
     "UNITS",
     "Conversion",
     "Modality",
+    "Plausible",
     "canonical_band",
     "conversion",
     "get",
@@ -102,6 +103,43 @@ _CONVERSIONS: dict[tuple[str, str], Conversion] = {
 }
 
 
+Bounds = tuple[float | None, float | None]
+
+
+@dataclass(frozen=True)
+class Plausible:
+    """Where the bulk of a modality's valid values lie in one unit.
+
+    Robust statistics only (the 1st percentile, the median and the 99th percentile of the
+    valid pixels read), so a few outliers never make data implausible. Each bound is
+    ``(low, high)``; ``None`` leaves that side open.
+    """
+
+    p1: Bounds = (None, None)
+    median: Bounds = (None, None)
+    p99: Bounds = (None, None)
+
+    def fits(self, p1: float, median: float, p99: float) -> bool:
+        """Whether statistics observed on the data are plausible in this unit."""
+        for value, (lo, hi) in ((p1, self.p1), (median, self.median), (p99, self.p99)):
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The bounds in words, for error messages."""
+        parts = []
+        for what, (lo, hi) in (("1st percentile", self.p1), ("median", self.median),
+                               ("99th percentile", self.p99)):
+            if lo is not None and hi is not None:
+                parts.append(f"{what} in [{lo:g}, {hi:g}]")
+            elif lo is not None:
+                parts.append(f"{what} >= {lo:g}")
+            elif hi is not None:
+                parts.append(f"{what} <= {hi:g}")
+        return ", ".join(parts)
+
+
 def normalise_units(units: Any, what: str = "units") -> str:
     """The canonical unit name for what a user or a file wrote (``"dB"`` → ``"db"``)."""
     u = UNITS.get(str(units).strip().lower()) if isinstance(units, str) else None
@@ -162,6 +200,11 @@ class Modality:
     min_int_bits
         Smallest integer width that can hold the values without overflow (8-bit Sentinel-2
         DN, for instance, are clipped or wrapped).
+    plausible
+        Per unit, where the bulk of valid values lies (:class:`Plausible`); checked inside
+        the tasks on the pixels actually read, so values in the wrong units (digital numbers
+        taken as reflectance, linear backscatter taken as dB) raise a ``UnitsError`` instead
+        of giving wrong embeddings. Units without an entry are not checked.
     """
 
     name: str
@@ -176,6 +219,7 @@ class Modality:
     node_names: tuple[str, ...] = ()
     extra_bands: tuple[str, ...] = ()
     min_int_bits: int = 8
+    plausible: Mapping[str, Plausible] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -196,6 +240,13 @@ class Modality:
         object.__setattr__(self, "bands", tuple(self.bands))
         object.__setattr__(self, "aliases", {k.lower(): v for k, v in self.aliases.items()})
         object.__setattr__(self, "node_names", tuple({self.name, *self.node_names}))
+        for u, p in self.plausible.items():
+            if u not in UNITS.values() or not isinstance(p, Plausible):
+                raise ArgumentError(
+                    f"modality {self.name!r}: plausible must map units in "
+                    f"{format_choices(set(UNITS.values()))} to Plausible(...), got {u!r}: {p!r}"
+                )
+        object.__setattr__(self, "plausible", dict(self.plausible))
 
     def canonical(self, name: str) -> str:
         """The canonical name of a band alias (unknown names are returned unchanged)."""
@@ -257,6 +308,12 @@ S2 = Modality(
     node_names=("sentinel2", "sentinel-2", "sentinel_2"),
     extra_bands=("SCL", "AOT", "WVP"),
     min_int_bits=16,
+    plausible={
+        # surface/top-of-atmosphere reflectance: mostly in [-0.2, 2] (bright cloud and snow
+        # reach ~1.5); digital numbers = reflectance x 10 000 (+ the -1000 L2A offset)
+        "reflectance": Plausible(p1=(-0.2, None), p99=(None, 2.0)),
+        "dn": Plausible(p1=(-2000.0, None), p99=(2.0, 65535.0)),
+    },
 )
 
 S1 = Modality(
@@ -269,6 +326,13 @@ S1 = Modality(
     float_units="db",
     node_names=("sentinel1", "sentinel-1", "sentinel_1"),
     min_int_bits=16,
+    plausible={
+        # backscatter in dB is mostly in [-50, 10] and always partly negative (the 1st
+        # percentile of any real scene is well below -1 dB); linear backscatter is
+        # non-negative (up to noise-removal residue) and mostly below 1
+        "db": Plausible(p1=(-70.0, -1.0), p99=(None, 25.0)),
+        "linear": Plausible(p1=(-0.05, None), median=(None, 1.0), p99=(None, 300.0)),
+    },
 )
 
 HR = Modality(
@@ -280,6 +344,10 @@ HR = Modality(
     float_units="rgb255",
     grid_factor=32,  # SkySense's Swin stage-4 grid is the Sentinel-2 grid
     node_names=("highres", "high_res", "aerial"),
+    plausible={
+        "rgb255": Plausible(p1=(-0.5, None), p99=(1.5, 255.5)),
+        "reflectance": Plausible(p1=(-0.2, None), p99=(None, 2.0)),
+    },
 )
 
 _TABLE: dict[str, Modality] = {m.name: m for m in (S2, S1, HR)}

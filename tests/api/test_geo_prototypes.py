@@ -121,10 +121,13 @@ def test_planted_clusters_are_recovered_in_every_default_grid_cell(cube, learned
         assert purity(assign[rid == r], truth[rid == r]) >= 0.95, r
     assert learned.prototypes.shape == (4, 4, 8)
     np.testing.assert_allclose(np.linalg.norm(learned.prototypes.values, axis=-1), 1, atol=1e-6)
-    # similarity is the cosine to the chosen prototype
-    f = emb.values / np.linalg.norm(emb.values, axis=-1, keepdims=True)
-    p = learned.prototypes.values[np.searchsorted(learned.region.values, rid), assign]
+    # similarity is the cosine of the pixel minus its region's centre to the chosen prototype
+    ri = np.searchsorted(learned.region.values, rid)
+    f = emb.values.astype("float64") - learned.centre.values[ri]
+    f /= np.linalg.norm(f, axis=-1, keepdims=True)
+    p = learned.prototypes.values[ri, assign]
     np.testing.assert_allclose(learned.similarity.values, (f * p).sum(-1), atol=1e-5)
+    assert learned.attrs["method"] == "centred" and learned.centre.dims == ("region", "feature")
 
 
 def test_region_bounds_and_counts_describe_the_default_grid(cube, learned):
@@ -174,6 +177,118 @@ def test_time_first_or_last_layout_gives_the_same_prototypes():
     a = prototypes(emb, k=3, cell_size=(10, 10))
     b = prototypes(emb.transpose("y", "feature", "x", "time"), k=3, cell_size=(10, 10))
     np.testing.assert_array_equal(a.prototypes.values, b.prototypes.values)
+
+
+def anisotropic(emb, seed=0, offset=50.0, log_scale=2.0):
+    """``emb`` with a large common offset and unequal per-feature scales (real embeddings:
+    cosine similarities of raw features all near 1)."""
+    rng = np.random.default_rng(seed)
+    d = emb.sizes["feature"]
+    off = offset * rng.normal(size=d)
+    scale = np.exp(rng.uniform(-log_scale, log_scale, size=d))
+    return emb.copy(data=(emb.values * scale + off).astype("float32"))
+
+
+def test_centred_prototypes_separate_clusters_sharing_a_large_offset():
+    emb, truth, rid = planted_cube(seed=31)
+    emb = anisotropic(emb, seed=1)
+    f = emb.values.reshape(-1, 8).astype("float64")
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    assert (fn @ fn[:50].T).min() > 0.9  # the regime of real embeddings: all cosines near 1
+    ref = prototypes(emb.chunk(y=7, x=13), k=4, seed=3)
+    assign = ref.assignment.values
+    for r in np.unique(rid):
+        assert purity(assign[rid == r], truth[rid == r]) >= 0.95, r
+    # the stored centre is the region's sample mean (all 450 pixels are sampled here)
+    for j, r in enumerate(ref.region.values):
+        np.testing.assert_allclose(ref.centre.values[j], emb.values[rid == r].mean(0), rtol=1e-5)
+    # chunk-invariant and deterministic: identical prototypes, centres and maps
+    for chunks in (None, {"y": 30, "x": 7}, {"y": 4, "x": 60}):
+        other = prototypes(emb if chunks is None else emb.chunk(chunks), k=4, seed=3)
+        np.testing.assert_array_equal(other.prototypes.values, ref.prototypes.values)
+        np.testing.assert_array_equal(other.centre.values, ref.centre.values)
+        np.testing.assert_array_equal(other.assignment.values, assign)
+    # classify and geo_context apply the centre as learning did
+    np.testing.assert_array_equal(classify(emb, ref).label.values, assign)
+    ctx = geo_context(emb, ref, temperature=0.2).values[..., 8:]
+    np.testing.assert_allclose(ctx, context_reference(emb, ref, rid, 0.2), atol=1e-5)
+    # SkySense's plain cosine stays available, and is what fails on such features
+    plain = prototypes(emb, k=4, seed=3, method="cosine", restarts=1)
+    assert "centre" not in plain and plain.attrs["method"] == "cosine"
+    worst = min(purity(plain.assignment.values[rid == r], truth[rid == r]) for r in np.unique(rid))
+    assert worst < 0.8
+
+
+def test_subsampled_centred_prototypes_are_seeded_and_chunk_invariant():
+    emb, truth, rid = planted_cube(nt=2, seed=32)
+    emb = anisotropic(emb, seed=2, offset=30.0)
+    a = prototypes(emb.chunk(time=1, y=11, x=17), k=4, sample=150, seed=5)
+    b = prototypes(emb.chunk(time=2, y=30, x=8), k=4, sample=150, seed=5)
+    c = prototypes(emb, k=4, sample=150, seed=6)
+    np.testing.assert_array_equal(a.n_samples, 150)
+    np.testing.assert_array_equal(a.prototypes.values, b.prototypes.values)
+    np.testing.assert_array_equal(a.centre.values, b.centre.values)
+    assert float(abs(a.centre - c.centre).max()) > 1e-4  # another seed, another sample
+    for out in (a, c):
+        for r in np.unique(rid):
+            m = np.broadcast_to(rid == r, truth.shape)
+            assert purity(out.assignment.values[m], truth[m]) >= 0.95
+
+
+FLIPS = [
+    {"y": slice(None, None, -1)},
+    {"x": slice(None, None, -1)},
+    {"y": slice(None, None, -1), "x": slice(None, None, -1)},
+]
+
+
+@pytest.mark.parametrize("flip", FLIPS, ids=["south-up", "east-to-west", "both"])
+@pytest.mark.parametrize("method", ["centred", "cosine"])
+def test_storage_orientation_does_not_change_prototypes_or_maps(flip, method):
+    emb, _, _ = planted_cube(nt=2, seed=33)
+    emb = anisotropic(emb, seed=3, offset=5.0)
+    kw = {"k": 4, "sample": 100, "seed": 2, "method": method}  # sample < pixels: sampling counts
+    ref = prototypes(emb.chunk(y=7, x=13), **kw)
+    flipped = emb.isel(flip)
+    out = prototypes(flipped.chunk(y=9, x=11), **kw)
+    np.testing.assert_allclose(out.prototypes.values, ref.prototypes.values, rtol=0, atol=1e-5)
+    if method == "centred":
+        np.testing.assert_allclose(out.centre.values, ref.centre.values, rtol=0, atol=1e-5)
+    for name in ("assignment", "similarity", "region_map"):  # input's coordinate order kept
+        for d in ("y", "x"):
+            np.testing.assert_array_equal(out[name][d].values, flipped[d].values)
+    srt = {"y": "y", "x": "x"}
+    np.testing.assert_array_equal(
+        out.assignment.sortby(list(srt)).values, ref.assignment.sortby(list(srt)).values
+    )
+    # classify / geo_context of a flipped cube with the same prototypes: same place, same value
+    cl = classify(flipped, ref)
+    np.testing.assert_array_equal(cl.label.y.values, flipped.y.values)
+    np.testing.assert_array_equal(
+        cl.label.sortby(["y", "x"]).values, ref.assignment.sortby(["y", "x"]).values
+    )
+    np.testing.assert_allclose(
+        cl.similarity.sortby(["y", "x"]).values,
+        ref.similarity.sortby(["y", "x"]).values,
+        atol=1e-6,
+    )
+    g = geo_context(flipped, ref)
+    g0 = geo_context(emb, ref)
+    assert g.dims == flipped.dims
+    np.testing.assert_array_equal(g.x.values, flipped.x.values)
+    diff = abs(g.sortby(["y", "x"]) - g0.sortby(["y", "x"])).max()
+    assert float(diff) <= 1e-5
+
+
+def test_orientation_with_a_region_label_map():
+    emb, _, _ = planted_cube(seed=34)
+    lab = np.where(np.arange(60) < 25, 3, 8)[None, :].repeat(30, 0)
+    rmap = xr.DataArray(lab, dims=("y", "x"), coords={"y": emb.y, "x": emb.x})
+    ref = prototypes(emb, k=4, sample=200, regions=rmap)
+    flip = {"y": slice(None, None, -1), "x": slice(None, None, -1)}
+    out = prototypes(emb.isel(flip), k=4, sample=200, regions=rmap.isel(flip))
+    np.testing.assert_array_equal(out.prototypes.values, ref.prototypes.values)
+    np.testing.assert_array_equal(out.assignment.isel(flip).values, ref.assignment.values)
 
 
 def test_invalid_pixels_are_skipped_and_marked():
@@ -341,9 +456,12 @@ def test_label_prototypes_on_a_time_cube_with_a_region_label_map():
 
 
 def context_reference(emb, protos, rid, temperature):
+    ri = np.searchsorted(protos.region.values, rid)
     f = emb.values.astype("float64")
+    if "centre" in protos:
+        f = f - protos.centre.values.astype("float64")[ri]
     fn = f / np.linalg.norm(f, axis=-1, keepdims=True)
-    p = protos.prototypes.values.astype("float64")[np.searchsorted(protos.region.values, rid)]
+    p = protos.prototypes.values.astype("float64")[ri]
     z = np.einsum("yxd,yxkd->yxk", fn, p) / temperature
     w = np.exp(z - z.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
@@ -445,6 +563,45 @@ def test_bad_input_raises_a_clear_error(cube, change, kw, err, match):
 def test_bad_input_raises_the_fitting_error_family(cube, change, kw, err):
     with pytest.raises(err):
         prototypes(change(cube[0]), **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"k": "four"}, r"k \(prototypes per region\) must be a positive integer, got 'four'"),
+        ({"k": 2.5}, r"k \(prototypes per region\) must be a positive integer"),
+        ({"k": 2, "sample": 0}, r"sample must be a positive integer, got 0"),
+        ({"k": 2, "sample": -5}, r"sample must be a positive integer, got -5"),
+        ({"k": 2, "regions": "countries"}, r"unknown regions 'countries'; choose one of .*'grid'"),
+        ({"k": 2, "regions": 7}, r"unknown regions 7; choose one of .*label map"),
+        ({"k": 2, "method": "kmeans"}, r"unknown method='kmeans'; choose one of 'centred', 'cos"),
+        ({"k": 2, "restarts": 0}, r"restarts .* must be a positive integer, got 0"),
+        ({"k": 2, "iterations": "ten"}, r"iterations must be a non-negative integer .*'ten'"),
+        ({"k": 2, "iterations": 2.5}, r"iterations must be a non-negative integer"),
+        ({"k": 2, "seed": "x"}, r"seed must be a non-negative integer .*'x'"),
+        ({"k": 2, "sinkhorn_iterations": None}, r"sinkhorn_iterations must be a non-negative"),
+        ({"k": 2, "momentum": "high"}, r"momentum must be a number in \[0, 1\).*'high'"),
+        ({"k": 2, "momentum": None}, r"momentum must be a number in \[0, 1\)"),
+        ({"k": 2, "epsilon": "small"}, r"epsilon must be a positive number, got 'small'"),
+        ({"k": 2, "sparse": None}, r"unknown sparse=None; choose one of 'drop', 'raise'"),
+        ({"k": 2, "cell_size": (1, 2, 3)}, r"cell_size must be \(dlon, dlat\) in degrees"),
+    ],
+)
+def test_bad_arguments_are_argument_errors_naming_the_fix(cube, kw, match):
+    with pytest.raises(ArgumentError, match=match):
+        prototypes(cube[0], **kw)
+
+
+def test_bad_arguments_of_classify_and_geo_context(cube, learned):
+    emb = cube[0]
+    with pytest.raises(ArgumentError, match=r"temperature must be a positive number, got 0"):
+        geo_context(emb, learned, temperature=0)
+    with pytest.raises(ArgumentError, match=r"temperature must be a positive number, got 'hot'"):
+        geo_context(emb, learned, temperature="hot")
+    with pytest.raises(ArgumentError, match=r"expected a prototypes xr.Dataset .* got dict"):
+        classify(emb, {"prototypes": 1})
+    with pytest.raises(ArgumentError, match=r"do not pass a region label map"):
+        classify(emb, learned, regions=learned.region_map)
 
 
 def test_misaligned_inputs_are_alignment_errors(cube, learned):

@@ -14,6 +14,7 @@ from xsky.engine.prototypes import (
     context_array,
     draw_sample,
     fit_prototypes,
+    fit_regions,
     region_counts,
     sample_extents,
     sinkhorn_knopp,
@@ -98,6 +99,52 @@ def test_fit_prototypes_recovers_planted_centres_deterministically():
         fit_prototypes(x[:4], 5)
 
 
+def _objective(x, p):
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return float((xn @ p.T).max(axis=1).mean())
+
+
+def test_restarts_keep_the_best_run_by_objective():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 6)) + 3 * rng.normal(size=(12, 6))[rng.integers(12, size=300)]
+    one = fit_prototypes(x, 8, seed=1)
+    np.testing.assert_array_equal(fit_prototypes(x, 8, seed=1, restarts=1), one)
+    best = fit_prototypes(x, 8, seed=1, restarts=5)
+    np.testing.assert_array_equal(best, fit_prototypes(x, 8, seed=1, restarts=5))
+    # the first restart is the restarts=1 run: the kept one is at least as good, and here
+    # strictly better than the worst of the five single runs
+    singles = [_objective(x, fit_prototypes(x, 8, seed=s)) for s in range(5)]
+    assert _objective(x, best) >= _objective(x, one) - 1e-12
+    assert _objective(x, best) > min(singles)
+    with pytest.raises(ArgumentError, match="restarts must be a positive integer, got 0"):
+        fit_prototypes(x, 8, restarts=0)
+
+
+def test_fit_regions_centres_each_region_on_its_sample_mean():
+    rng = np.random.default_rng(9)
+    x = (100 + rng.normal(size=(40, 4))).astype("float32")
+    smp = {
+        "r": np.repeat([2, 5], 20),
+        "x": x,
+        "cr": np.array([2, 5]),
+        "cn": np.array([30, 25]),
+    }
+    kw = {"iterations": 5, "epsilon": 0.05, "momentum": 0.5, "sinkhorn_iterations": 3, "seed": 1}
+    ids, _, n_pixels, protos, centres = fit_regions(smp, 3, centre=True, **kw)
+    np.testing.assert_array_equal(ids, [2, 5])
+    np.testing.assert_array_equal(n_pixels, [30, 25])
+    assert centres is not None and centres.dtype == np.float32
+    for j, sl in enumerate((slice(0, 20), slice(20, 40))):
+        c32 = x[sl].astype("float64").mean(0).astype("float32")
+        np.testing.assert_array_equal(centres[j], c32)
+        ref = fit_prototypes(x[sl].astype("float64") - c32, 3, seed=(1, int(ids[j])), iterations=5)
+        np.testing.assert_allclose(protos[j], ref, rtol=0, atol=1e-7)
+    *_, plain, none = fit_regions(smp, 3, **kw)  # centre=False: the plain cosine fit
+    assert none is None
+    np.testing.assert_allclose(plain[0], fit_prototypes(x[:20], 3, seed=(1, 2), iterations=5),
+                               atol=1e-7)
+
+
 def test_kernel_errors_are_argument_or_data_errors():
     with pytest.raises(ArgumentError, match="epsilon"):
         sinkhorn_knopp(np.zeros((3, 2)), epsilon=0)
@@ -167,10 +214,11 @@ def test_draw_sample_is_a_bounded_chunk_independent_seeded_bottom_k():
     for key in ("r", "h", "g", "x", "cr", "cn"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert not np.array_equal(np.sort(a["g"]), np.sort(c["g"]))
-    # the sampled rows are the pixels at their global (time, y, x) indices
+    # the sampled rows are the pixels at their canonical global (time, y, x) indices: rows
+    # counted from the northern edge (this cube's ys ascend, so row 0 is its last y)
     t, rem = np.divmod(a["g"].astype("int64"), 120)
     yi, xi = np.divmod(rem, 10)
-    np.testing.assert_array_equal(a["x"], x[t, yi, xi])
+    np.testing.assert_array_equal(a["x"], x[t, 11 - yi, xi])
     # bottom-k: the sample keeps the smallest hashes of all valid pixels
     assert full["r"].size == 2 * 120 - 21
     np.testing.assert_array_equal(a["h"], np.sort(full["h"])[:50])
@@ -178,6 +226,23 @@ def test_draw_sample_is_a_bounded_chunk_independent_seeded_bottom_k():
     np.testing.assert_array_equal(ids, [0])
     np.testing.assert_array_equal(starts, [0])
     np.testing.assert_array_equal(counts, [50])
+
+
+def test_draw_sample_keys_pixels_on_a_canonical_orientation():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 9, 7, 3)).astype("float32")
+    ys, xs = 10.0 - np.arange(9.0), np.arange(7.0)  # north-up, west to east
+    ref = draw_sample(_cube(x, (1, 4, 3, 3), ys, xs), Regions("global"), None, 3, 40)
+    for fy, fx in ((True, False), (False, True), (True, True)):
+        xf, ysf, xsf = x, ys, xs
+        if fy:
+            xf, ysf = xf[:, ::-1], ysf[::-1]
+        if fx:
+            xf, xsf = xf[:, :, ::-1], xsf[::-1]
+        got = draw_sample(_cube(np.ascontiguousarray(xf), (2, 5, 2, 3), ysf, xsf),
+                          Regions("global"), None, 3, 40)
+        for key in ("r", "h", "g", "x"):
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key} {fy} {fx}")
 
 
 def test_draw_sample_per_label_region_counts_and_extents():
@@ -227,3 +292,26 @@ def test_scoring_graphs_are_lazy_and_pick_the_nearest_prototype():
     np.testing.assert_array_equal(c[..., :2], x)
     assert np.isnan(c[0, 2:, 2:]).all() and np.isfinite(c[0, :2]).all()
     assert c[0, 0, 2] > c[0, 0, 3] and c[0, 1, 3] > c[0, 1, 2]
+
+
+def test_scoring_subtracts_the_region_centre():
+    protos = np.array([[[1.0, 0.0], [0.0, 1.0]]])
+    centre = np.array([[10.0, 0.0]])
+    x = np.array([[[11.0, 5.0], [15.0, 0.5], [10.0, 0.0]]], "float32")
+    cube = _cube(x, (1, 2, 2))
+    plain = PrototypeBank(da.from_array(protos), np.array([0]), np.array([0.0, 1.0]),
+                          Regions("global"))
+    centred = PrototypeBank(plain.data, plain.region_values, plain.labels, plain.regions,
+                            da.from_array(centre))
+    with raise_if_dask_computes():
+        lab_p, _ = classify_arrays(cube, plain)
+        lab_c, sim_c = classify_arrays(cube, centred)
+        ctx = context_array(cube, centred, 0.1)
+    np.testing.assert_array_equal(lab_p.compute(), [[0, 0, 0]])  # raw cosines
+    np.testing.assert_array_equal(lab_c.compute(), [[1, 0, 0]])  # minus the centre
+    np.testing.assert_allclose(
+        sim_c.compute()[0], [5 / np.hypot(1, 5), 5 / np.hypot(5, 0.5), 0.0], rtol=1e-6
+    )
+    c = ctx.compute()[0, :, 2:]
+    np.testing.assert_allclose(c[2], [0.5, 0.5])  # the centre itself: equal attention
+    assert c[0, 1] > 0.99 and c[1, 0] > 0.99

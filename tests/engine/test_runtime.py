@@ -202,3 +202,56 @@ def test_cuda_matches_cpu_and_bfloat16_stays_close(cube):
     assert np.nanmax(np.abs(cpu - gpu)) <= 1e-4
     bf16 = xsky.embed(cube, "test-tiny", device="cuda", precision="bfloat16").values
     assert np.nanmax(np.abs(cpu - bf16)) <= 0.1 * np.nanmax(np.abs(cpu))
+
+
+# -- resources on a distributed cluster (issue 10, item 6) --------------------------------
+
+
+def _restricted(scheduler):
+    return {k: ts.resource_restrictions for k, ts in scheduler.tasks.items()
+            if ts.resource_restrictions}
+
+
+@pytest.mark.timeout(120)
+def test_resources_survive_client_compute_optimisation(cube):
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, resources={"GPU": 1}
+                                  ) as lc, distributed.Client(lc) as client:
+        emb = xsky.embed(cube, "test-tiny", resources={"GPU": 1})
+        name = emb.data.name
+        # client.compute fuses the graph into a plain dict: layer annotations are lost there
+        fut = client.compute(emb)
+        sliced = client.compute(emb.isel(time=0) * 2)  # model tasks fused with others
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_restricted(lc.scheduler)) < 12:
+            time.sleep(0.05)
+        restricted = _restricted(lc.scheduler)
+        model_keys = [k for k in restricted if isinstance(k, tuple) and k[0] == name]
+        assert len(model_keys) == 8  # 2 dates x 2 x 2 blocks, all restricted
+        assert all(v == {"GPU": 1.0} for v in restricted.values())
+        fused = [k for k in restricted if k not in model_keys]
+        assert fused, "the fused model tasks lost their restriction"
+        # only model tasks are restricted (data loading runs anywhere)
+        assert not any("xarray-" in str(k) or "rechunk" in str(k) for k in restricted)
+        assert np.isfinite(fut.result().values).all()
+        assert np.isfinite(sliced.result().values).all()
+
+
+@pytest.mark.timeout(120)
+def test_resources_no_worker_declares_them_is_refused_at_embed_time(cube):
+    distributed = pytest.importorskip("distributed")
+    from xsky.exceptions import ArgumentError
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, resources={"CPU_SLOT": 2}
+                                  ) as lc, distributed.Client(lc):
+        with pytest.raises(ArgumentError, match=r"GPU=1.*wait forever.*dask worker --resources"):
+            xsky.embed(cube, "test-tiny", resources={"GPU": 1})
+        with pytest.raises(ArgumentError, match=r"CPU_SLOT=3.*they declare CPU_SLOT=2"):
+            xsky.embed(cube, "test-tiny", resources={"CPU_SLOT": 3})
+        # nothing was submitted
+        assert not lc.scheduler.tasks
+        assert xsky.embed(cube, "test-tiny", resources={"CPU_SLOT": 1}) is not None

@@ -132,3 +132,66 @@ def test_option_errors(romania_items, ssl4eo_s2):
         load_stac(romania_items, bands=["B02"], resampling={"B05": "bilinear"})
     with pytest.raises(XSkyError, match="positive"):
         load_stac(romania_items, crs="EPSG:3035", resolution=-10)
+
+
+# -- issue 10: like= without a CRS, unknown resampling, hrefs leaving the file's folder ----
+
+
+def test_like_without_crs_is_refused(romania_items):
+    import numpy as np
+    import xarray as xr
+
+    bare = xr.Dataset({"B02": (("y", "x"), np.zeros((4, 4)))},
+                      coords={"y": [35.0, 25.0, 15.0, 5.0], "x": [5.0, 15.0, 25.0, 35.0]})
+    with pytest.raises(CRSError, match=r"like= has no usable pixel grid \(no CRS.*rio.write_crs"):
+        load_stac(_clone(romania_items, 2), bands=["B02"], like=bare)
+
+
+@pytest.mark.parametrize("resampling", ["magic", {"B02": "magic"}, {"*": 3}])
+def test_unknown_resampling_is_refused(romania_items, resampling):
+    from xsky.exceptions import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"must be a resampling method, one of .*'bilinear'"
+                                            r".*got .*e\.g\. 'bilinear' for reflectance"):
+        load_stac(_clone(romania_items, 2), bands=["B02"], resampling=resampling)
+
+
+@pytest.mark.parametrize("href", ["../../etc/passwd", "sub/../../outside.tif"])
+def test_relative_href_leaving_the_file_folder_is_refused(romania_items, tmp_path, href):
+    from xsky.exceptions import DataError
+    from xsky.io.stac import read_items
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    item = romania_items[0].to_dict()
+    item["assets"]["B02"]["href"] = href
+    path = folder / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    (got,) = read_items(path)  # reading is fine; the asset is never opened
+    assert got.assets["B02"].href == href
+    with pytest.raises(DataError, match=r"asset 'B02' of feature 0 .*relative href "
+                                        r".*outside the file's folder.*absolute path or URL"):
+        load_stac(path, bands=["B02"])
+
+
+def test_relative_href_inside_the_folder_resolves_and_symlinks_out_are_refused(
+        romania_items, tmp_path):
+    import os
+
+    from xsky.exceptions import DataError
+    from xsky.io.stac import read_items
+
+    folder = tmp_path / "search"
+    (folder / "cogs").mkdir(parents=True)
+    (folder / "cogs" / "b02.tif").write_bytes(b"")
+    os.symlink(tmp_path, folder / "escape")
+    item = romania_items[0].to_dict()
+    item["assets"]["B02"]["href"] = "cogs/./b02.tif"
+    path = folder / "items.json"
+    path.write_text(json.dumps(item))
+    (got,) = read_items(path)
+    assert got.assets["B02"].href == str((folder / "cogs" / "b02.tif").resolve())
+    item["assets"]["B02"]["href"] = "escape/secret.tif"
+    path.write_text(json.dumps(item))
+    with pytest.raises(DataError, match="outside the file's folder"):
+        load_stac(path, bands=["B02"])

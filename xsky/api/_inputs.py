@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -21,6 +21,8 @@ from ..exceptions import (
     ChunkingError,
     DataError,
     DimensionError,
+    UnitsError,
+    format_choices,
 )
 from ..geo import GridInfo, get_crs, grid_info
 from ..modalities import canonical_band, match_bands
@@ -36,7 +38,11 @@ class Cube:
     """One modality, ready for the graph: one ``(T, Y, X)`` dask array per band, in the
     model's band order and the input's dtype, all with the same chunks, and an optional
     boolean ``valid`` array. Conversion to float32 and nodata masking happen in the kernel,
-    so the data is copied once, into each block's buffer."""
+    so the data is copied once, into each block's buffer.
+
+    The arrays and ``grid`` are in the canonical orientation (y descending, north up; x
+    ascending): ``flip_y``/``flip_x`` record which axes of the input were reversed (lazily)
+    to get there, so the result can be laid out in the input's order again."""
 
     name: str
     bands: list[da.Array]
@@ -47,6 +53,11 @@ class Cube:
     time: Any  # the time coordinate values (or None)
     units: str
     crs: Any
+    units_source: str = "given"
+    variables: tuple[str, ...] = ()
+    flip_y: bool = False
+    flip_x: bool = False
+    units_check: Any = None  # an xsky.engine.checks.UnitsCheck, run inside the tasks
 
 
 def _table_entry(name: str) -> modalities.Modality | None:
@@ -54,21 +65,61 @@ def _table_entry(name: str) -> modalities.Modality | None:
     return modalities.get(name) if name in modalities.names() else None
 
 
-def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None) -> str:
-    if override is not None:
-        return modalities.normalise_units(override)
-    attr = var.attrs.get("units")
-    if isinstance(attr, str) and attr.strip().lower() in modalities.UNITS:
-        return modalities.UNITS[attr.strip().lower()]
-    entry = _table_entry(mod.name)
-    if entry is None:
-        return mod.units
+def _stored_integer(var: xr.DataArray) -> bool:
+    """Whether the values are integers, in memory or as stored without a scale factor."""
     enc_dtype = var.encoding.get("dtype")
-    stored_int = np.issubdtype(var.dtype, np.integer) or (
+    return bool(np.issubdtype(var.dtype, np.integer) or (
         enc_dtype is not None and np.issubdtype(np.dtype(enc_dtype), np.integer)
         and "scale_factor" not in var.encoding
-    )
-    return entry.default_units(bool(stored_int))
+    ))
+
+
+def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None,
+                 name: str = "") -> tuple[str, str]:
+    """The units of a modality's values and where that came from (for messages).
+
+    An explicit ``units=`` wins, then ``attrs["units"]``, then the stored dtype. A claim of
+    reflectance on integer values is refused: integers cannot hold reflectance in [0, 1].
+    """
+    label = name or str(var.name)
+    if override is not None:
+        units, source = modalities.normalise_units(override), f"units={override!r}"
+    else:
+        attr = var.attrs.get("units")
+        key = attr.strip().lower() if isinstance(attr, str) else None
+        entry = _table_entry(mod.name)
+        if key in modalities.UNITS:
+            units, source = modalities.UNITS[key], f"attrs['units']={attr!r} of {label!r}"
+        elif entry is None:
+            return mod.units, "the model's units (modality not in xsky's table)"
+        else:
+            integer = _stored_integer(var)
+            units = entry.default_units(integer)
+            kind = "integer" if integer else "floating-point"
+            source = (f"assumed from the {kind} dtype of {label!r}, which has no "
+                      "attrs['units']")
+    if units == "reflectance" and np.issubdtype(var.dtype, np.integer):
+        entry = _table_entry(mod.name)
+        alt = "dn" if entry is not None and "dn" in entry.units else None
+        fix = ("pass units='dn' if they are digital numbers (reflectance x 10 000), or "
+               if alt else "")
+        raise UnitsError(
+            f"band {label!r} of modality {mod.name!r} holds {var.dtype} integers but is "
+            f"declared as reflectance ({source}); integers cannot be reflectance in [0, 1] "
+            f"(a float cube cast to integers keeps its 'units' attribute). {fix}convert to "
+            f"float reflectance, e.g. ds[{label!r}].astype('float32') * 1e-4, before embedding"
+        )
+    return units, source
+
+
+def _units_check(mod: ModalitySpec, units: str, source: str, variables: list[str]) -> Any:
+    """The in-task plausibility check for a modality in ``units`` (``None``: nothing known)."""
+    from ..engine.checks import units_check
+
+    entry = _table_entry(mod.name)
+    if entry is None:
+        return None
+    return units_check(mod.name, variables, units, source, dict(entry.plausible))
 
 
 def _check_dtype(var: xr.DataArray, name: str, mod: ModalitySpec) -> None:
@@ -93,11 +144,69 @@ def _check_dtype(var: xr.DataArray, name: str, mod: ModalitySpec) -> None:
         )
 
 
+def _band_labels(obj: xr.DataArray, bdim: str, mod: ModalitySpec) -> list[str] | None:
+    """String labels for the bands of a DataArray whose ``band`` coordinate holds numbers
+    (``rioxarray.open_rasterio`` numbers bands 1..n): the GDAL band descriptions rioxarray
+    keeps in ``attrs["long_name"]``, when there is one per band; otherwise an error that
+    shows how to label them."""
+    labels = obj[bdim].values
+    if all(isinstance(v, str) for v in labels.tolist()):
+        return None
+    n = obj.sizes[bdim]
+    desc = obj.attrs.get("long_name")
+    if isinstance(desc, str):
+        desc = (desc,)
+    if isinstance(desc, tuple | list) and len(desc) == n and all(
+            isinstance(d, str) and d.strip() for d in desc) and len(set(desc)) == n:
+        return [str(d).strip() for d in desc]
+    shown = list(mod.bands) if n == len(mod.bands) else [f"<name of band {int(v)}>"
+                                                             for v in labels.tolist()][:n]
+    raise BandMismatchError(
+        f"DataArray {obj.name!r} labels its {bdim!r} dimension with numbers "
+        f"{labels.tolist()[:8]} and has no band descriptions (attrs['long_name']), so xsky "
+        f"cannot tell which band is which; the model needs bands {list(mod.bands)}. Label "
+        f"them in file order, e.g. obj.assign_coords({bdim}={shown!r})"
+    )
+
+
+def _stackstac_centres(obj: Any) -> Any:
+    """Pixel-centre coordinates for a ``stackstac.stack`` cube built with its default
+    ``xy_coords="topleft"`` (coordinates at the top-left corner of each pixel, half a pixel
+    off the centres xsky assumes), detected from the affine ``transform`` stackstac keeps in
+    ``attrs``: centres lie half a pixel from the transform's origin, corners a whole number
+    of pixels. Anything else is returned unchanged."""
+    attrs = obj.attrs if isinstance(obj, xr.DataArray | xr.Dataset) else {}
+    transform = attrs.get("transform")
+    if "spec" not in attrs or transform is None or not hasattr(transform, "c"):
+        if isinstance(obj, xr.Dataset):
+            first = next((obj[v] for v in obj.data_vars if "spec" in obj[v].attrs), None)
+            if first is not None:
+                transform = first.attrs.get("transform")
+                attrs = first.attrs
+        if "spec" not in attrs or transform is None or not hasattr(transform, "c"):
+            return obj
+    if "x" not in obj.coords or "y" not in obj.coords or obj.sizes.get("x", 0) < 1 or \
+            obj.sizes.get("y", 0) < 1:
+        return obj
+    dx, dy = float(transform.a), float(transform.e)
+    if dx == 0 or dy == 0 or transform.b or transform.d:
+        return obj
+    fx = (float(obj["x"].values[0]) - float(transform.c)) / dx
+    fy = (float(obj["y"].values[0]) - float(transform.f)) / dy
+    if abs(fx - round(fx)) > 1e-6 or abs(fy - round(fy)) > 1e-6:
+        return obj  # already centres (xy_coords="center")
+    x = obj["x"]
+    y = obj["y"]
+    return obj.assign_coords(x=(x + dx / 2).assign_attrs(x.attrs),
+                             y=(y + dy / 2).assign_attrs(y.attrs))
+
+
 def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset:
     if isinstance(obj, xr.Dataset):
-        return obj
+        return _stackstac_centres(obj)
     if not isinstance(obj, xr.DataArray):
         raise ArgumentError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+    obj = cast("xr.DataArray", _stackstac_centres(obj))
     bdim = next((d for d in _BAND_DIMS if d in obj.dims), None)
     valid = obj.coords.get("valid")
     if bdim is None:
@@ -114,7 +223,13 @@ def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset
                 f"DataArray {obj.name!r} has a {bdim!r} dimension without labels; label it with "
                 f"obj.assign_coords({bdim}={list(mod.bands)!r})"
             )
-        ds = obj.drop_vars("valid", errors="ignore").to_dataset(dim=bdim)
+        labels = _band_labels(obj, bdim, mod)
+        if labels is not None:
+            obj = obj.assign_coords({bdim: labels})
+        # coordinates along the band axis (stackstac's titles, wavelengths) would become
+        # variables of their own: drop them
+        extra = [str(c) for c, v in obj.coords.items() if c != bdim and bdim in v.dims]
+        ds = obj.drop_vars(["valid", *extra], errors="ignore").to_dataset(dim=bdim)
         ds = ds.rename({k: str(k) for k in ds.data_vars if not isinstance(k, str)})
     if valid is not None:
         ds["valid"] = valid
@@ -125,9 +240,18 @@ def prepare_modality(
     obj: xr.DataArray | xr.Dataset, mod: ModalitySpec, *, fuses_time: bool,
     units: str | None = None, what: str = "input",
 ) -> Cube:
-    """Check one modality's xarray object and gather its band and ``valid`` dask arrays."""
+    """Check one modality's xarray object and gather its band and ``valid`` dask arrays,
+    in the canonical orientation (y descending, x ascending; reversed lazily if need be)."""
     ds = _as_dataset(obj, mod)
-    grid = grid_info(ds)
+    stored = grid_info(ds)
+    flip_y, flip_x = stored.dy > 0, stored.dx < 0
+    grid = GridInfo(
+        stored.ydim, stored.xdim,
+        stored.y0 + (stored.ny - 1) * stored.dy if flip_y else stored.y0,
+        stored.x0 + (stored.nx - 1) * stored.dx if flip_x else stored.x0,
+        -stored.dy if flip_y else stored.dy, -stored.dx if flip_x else stored.dx,
+        stored.ny, stored.nx,
+    )
     crs = get_crs(ds)
     names = match_bands([str(v) for v in ds.data_vars if v != "valid"], mod.bands, mod.name,
                         what=what)
@@ -158,7 +282,9 @@ def prepare_modality(
         if nodata is None and np.issubdtype(var.dtype, np.integer):
             nodata = var.encoding.get("_FillValue")
         arrays.append((data, nodata))
-    band_units = _infer_units(ds[names[mod.bands[0]]], mod, units)
+    band_units, units_source = _infer_units(ds[names[mod.bands[0]]], mod, units,
+                                            names[mod.bands[0]])
+    variables = [names[b] for b in mod.bands]
 
     shape = arrays[0][0].shape
     if any(s == 0 for s in shape):
@@ -201,10 +327,17 @@ def prepare_modality(
         if time_dim is None:
             vd = vd[None]
         vd = vd.rechunk(bands[0].chunks)
+    if flip_y or flip_x:  # lazy views: nothing is read or copied here
+        flip = (slice(None), slice(None, None, -1 if flip_y else 1),
+                slice(None, None, -1 if flip_x else 1))
+        bands = [b[flip] for b in bands]
+        vd = vd[flip] if vd is not None else None
     if all(in_memory):
         _check_not_all_invalid(ds, names, what)
     time = ds[time_dim].values if time_dim is not None else None
-    return Cube(mod.name, bands, tuple(nodatas), vd, grid, time_dim, time, band_units, crs)
+    return Cube(mod.name, bands, tuple(nodatas), vd, grid, time_dim, time, band_units, crs,
+                units_source, tuple(variables), flip_y, flip_x,
+                _units_check(mod, band_units, units_source, variables))
 
 
 def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) -> None:
@@ -272,7 +405,15 @@ def _pick_modality(obj: xr.Dataset | xr.DataArray, model_spec: ModelSpec) -> str
 def prepare_cubes(obj: Any, model_spec: ModelSpec, *, units: Any = None) -> dict[str, Cube]:
     """``{modality: Cube}`` for the modalities of ``obj`` the model takes."""
     objs = modality_objects(obj, model_spec)
-    if units is not None and not isinstance(units, Mapping):
+    if isinstance(units, Mapping):
+        unknown = [k for k in units if k not in model_spec.modality_names]
+        if unknown:
+            raise ArgumentError(
+                f"units= names modality {unknown[0]!r}, which model {model_spec.name!r} does "
+                f"not take; its modalities are {format_choices(model_spec.modality_names)} "
+                f"(e.g. units={{{model_spec.modality_names[0]!r}: 'dn'}})"
+            )
+    elif units is not None:
         units = dict.fromkeys(objs, units)
     cubes = {}
     for mod in model_spec.modalities:

@@ -95,19 +95,45 @@ def _reference_grid(cubes: Mapping[str, Cube], spec: ModelSpec) -> tuple[GridInf
     return ref, cubes[ref_mod.name].crs
 
 
-def _day_of_year(time: Any, modality: str) -> tuple[int, ...] | None:
-    """Day of year (1..365) of each date; ``None`` for a modality without a time axis."""
+_CFTIME_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
+
+
+def _as_datetimes(time: Any, modality: str) -> Any:
+    """The time coordinate as a :class:`pandas.DatetimeIndex`.
+
+    Only real dates are accepted: integer or float "times" (an undecoded netCDF time axis)
+    would silently become 1970-01-01 plus nanoseconds, so they are refused with the fix;
+    cftime dates in a standard calendar are converted, other calendars refused.
+    """
     import pandas as pd
 
+    values = np.asarray(time)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return pd.DatetimeIndex(values)
+    if values.dtype == object and values.size and all(
+            hasattr(v, "calendar") and hasattr(v, "dayofyr") for v in values.ravel().tolist()):
+        calendars = sorted({str(v.calendar) for v in values.ravel().tolist()})
+        if all(c in _CFTIME_CALENDARS for c in calendars):
+            return xr.CFTimeIndex(values.ravel()).to_datetimeindex(time_unit="ns")
+        raise DimensionError(
+            f"'time' of modality {modality!r} holds cftime dates in the {calendars[0]!r} "
+            "calendar, whose day of year differs from the real one; convert it first with "
+            "ds.convert_calendar('standard', align_on='date') (or assign real datetimes)"
+        )
+    example = values.ravel()[0] if values.size else None
+    raise DimensionError(
+        f"'time' of modality {modality!r} must hold dates (datetime64), got dtype "
+        f"{values.dtype} (e.g. {example!r}); decode it with xr.decode_cf(ds) (or open the file "
+        "with decode_times=True), or assign datetimes with "
+        "ds.assign_coords(time=pd.to_datetime(...))"
+    )
+
+
+def _day_of_year(time: Any, modality: str) -> tuple[int, ...] | None:
+    """Day of year (1..365) of each date; ``None`` for a modality without a time axis."""
     if time is None:
         return None
-    try:
-        doy = pd.DatetimeIndex(time).day_of_year
-    except (TypeError, ValueError) as err:
-        raise DimensionError(
-            f"'time' of modality {modality!r} must hold dates (datetime64), got dtype "
-            f"{np.asarray(time).dtype}; decode it with xr.decode_cf or assign datetimes"
-        ) from err
+    doy = _as_datetimes(time, modality).day_of_year
     return tuple(int(min(d, 365)) for d in doy)  # day 366 of a leap year reuses 365
 
 
@@ -243,8 +269,9 @@ def _plan(cubes: Mapping[str, Cube], spec: ModelSpec, overlap: int) -> _Plan:
     first = next(iter(cubes.values()))
     g0 = spec.modality(first.name).grid_factor
     # chunk the output like the first modality's input (in reference pixels)
-    target_y = max(1, first.bands[0].chunks[1][0] // g0)
-    target_x = max(1, first.bands[0].chunks[2][0] // g0)
+    # (the largest chunk: a flipped axis has its remainder chunk first)
+    target_y = max(1, max(first.bands[0].chunks[1]) // g0)
+    target_x = max(1, max(first.bands[0].chunks[2]) // g0)
     py = plan_axis(ref.ny, spec.window, spec.stride, spec.output, overlap, target_y, ref.ydim)
     px = plan_axis(ref.nx, spec.window, spec.stride, spec.output, overlap, target_x, ref.xdim)
     return _Plan(ref, crs, py, px, tuple(first.bands[0].chunks[0]))
@@ -266,7 +293,7 @@ def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device
         doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
         mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor,
                                   conversion(cube.units, m.units, m.name), m.mean, m.std, doy,
-                                  cube.nodata, cube.valid is not None))
+                                  cube.nodata, cube.valid is not None, cube.units_check))
         n_t = cube.bands[0].shape[0]
         tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
         for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
@@ -280,41 +307,75 @@ def _graph(arrays: list[da.Array], task: BlockTask, plan: _Plan,
            resources: Mapping[str, float] | None, net: EmbeddingModel) -> da.Array:
     from ..engine.graph import build_embedding
 
+    client = None
+    if resources:
+        try:  # the connected distributed client, if any
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if client is not None and resources:
+        from ..engine.graph import check_resources
+
+        check_resources(client, resources)  # up front: before anything is shipped
     if net.ref.name is None:
         _preload_on_cluster(net)
-    if resources is None:
-        return build_embedding(arrays, task, plan.time_chunks)
-    import dask
+    out = build_embedding(arrays, task, plan.time_chunks, resources=resources)
+    if client is not None and resources:
+        from ..engine.graph import restrict_on_cluster
 
-    with dask.annotate(resources=dict(resources)):
-        return build_embedding(arrays, task, plan.time_chunks)
+        # layer annotations do not survive client.compute's low-level optimisation
+        restrict_on_cluster(out, resources, client)
+    return out
 
 
 def _wrap_result(data: da.Array, cubes: Mapping[str, Cube], plan: _Plan, net: EmbeddingModel,
                  task: BlockTask, *, edge: str, overlap: int) -> xr.DataArray:
-    """The lazy array as a georeferenced ``embedding`` with ``valid_fraction`` and provenance."""
+    """The lazy array as a georeferenced ``embedding`` with ``valid_fraction`` and provenance.
+
+    The engine works in the canonical orientation (y descending, x ascending); the result is
+    laid out again in the input's storage order (lazy reversed views)."""
     from ..engine.graph import build_valid_fraction
 
     spec, ref = net.spec, plan.ref
     first = next(iter(cubes.values()))
-    coords: dict[str, Any] = {ref.ydim: ref.y_coords(0, spec.stride, plan.py.n_out),
-                              ref.xdim: ref.x_coords(0, spec.stride, plan.px.n_out),
-                              "feature": np.arange(spec.feature_dim)}
+    ycoord = ref.y_coords(0, spec.stride, plan.py.n_out)
+    xcoord = ref.x_coords(0, spec.stride, plan.px.n_out)
     dims: tuple[str, ...] = (ref.ydim, ref.xdim, "feature")
     per_date = not spec.fuses_time and first.time_dim is not None
     if per_date:
         dims = ("time", *dims)
-        coords["time"] = first.time
     elif not spec.fuses_time:
         data = data[0]
     fraction = _valid_fraction(cubes, spec, plan.py, plan.px, build_valid_fraction)
+    ref_cube = _reference_cube(cubes, spec)
+    flip_y, flip_x = ref_cube.flip_y, ref_cube.flip_x
+    if flip_y or flip_x:
+        ys = slice(None, None, -1 if flip_y else 1)
+        xs = slice(None, None, -1 if flip_x else 1)
+        ycoord, xcoord = ycoord[ys], xcoord[xs]
+        data = data[..., ys, xs, :]
+        fraction = fraction[..., ys, xs]
+    coords: dict[str, Any] = {ref.ydim: ycoord, ref.xdim: xcoord,
+                              "feature": np.arange(spec.feature_dim)}
+    if per_date:
+        coords["time"] = first.time
     vf_dims = ("time", ref.ydim, ref.xdim) if per_date else (ref.ydim, ref.xdim)
     out = xr.DataArray(data, dims=dims, coords=coords, name="embedding")
     out = out.assign_coords(valid_fraction=(vf_dims, fraction))
     out = write_crs(out, plan.crs)
     out.attrs.update(_provenance(net, spec, edge, overlap, task.modalities, task.device,
-                                 task.precision))
+                                 task.precision, cubes))
     return out
+
+
+def _reference_cube(cubes: Mapping[str, Cube], spec: ModelSpec) -> Cube:
+    """The cube whose grid the output lives on (as :func:`_reference_grid` picks it)."""
+    ref_mod = next((m for m in spec.modalities if m.name in cubes and m.grid_factor == 1), None)
+    if ref_mod is None:
+        ref_mod = next(m for m in spec.modalities if m.name in cubes)
+    return cubes[ref_mod.name]
 
 
 def _valid_fraction(cubes: Mapping[str, Cube], spec: ModelSpec, py: AxisPlan, px: AxisPlan,
@@ -340,10 +401,15 @@ def _valid_fraction(cubes: Mapping[str, Cube], spec: ModelSpec, py: AxisPlan, px
 
 
 def _provenance(net: EmbeddingModel, spec: ModelSpec, edge: str, overlap: int,
-                mods: tuple[ModalityInput, ...], device: str, precision: str) -> dict[str, Any]:
-    norm = {m.name: {"bands": list(spec.modality(m.name).bands), "units":
+                mods: tuple[ModalityInput, ...], device: str, precision: str,
+                cubes: Mapping[str, Cube] | None = None) -> dict[str, Any]:
+    # "model_units": the units the model's mean/std apply to (what the input was converted
+    # to); "input_units": what the input was taken to be, and why
+    norm = {m.name: {"bands": list(spec.modality(m.name).bands), "model_units":
                      spec.modality(m.name).units, "mean": m.mean, "std": m.std}
             for m in mods}
+    inputs = {m.name: cubes[m.name].units for m in mods} if cubes else {}
+    sources = {m.name: cubes[m.name].units_source for m in mods} if cubes else {}
     return {
         "model": spec.name,
         "weights_sha256": net.weights_sha256,
@@ -355,6 +421,8 @@ def _provenance(net: EmbeddingModel, spec: ModelSpec, edge: str, overlap: int,
         "output_kind": spec.output,
         "modalities": ",".join(m.name for m in mods),
         "normalization": json.dumps(norm),
+        "input_units": json.dumps(inputs),
+        "input_units_source": json.dumps(sources),
         "precision": precision,
     }
 

@@ -15,10 +15,17 @@ Conventions used throughout:
 - A pixel is *valid* when all its features are finite and not all zero. Invalid pixels are
   left out of learning and get assignment ``-1`` and similarity ``NaN``.
 - Similarity is the cosine similarity of L2-normalised features with L2-normalised
-  prototypes (SkySense/SwAV style). Prototypes are stored with unit norm.
+  prototypes (SkySense/SwAV style). Learned prototypes (``method="centred"``, the default)
+  first subtract the region's centre (the mean of its sampled features, stored as the
+  ``centre`` variable ``(region, feature)``) from every feature, when learning and when
+  scoring; ``method="cosine"`` and label prototypes have no centre. Prototypes are stored
+  with unit norm.
 - A prototypes ``xr.Dataset`` holds ``prototypes`` with dims ``(region, prototype, feature)``,
   region coordinates ``region`` (int ids) and ``lon_min/lon_max/lat_min/lat_max`` (degrees),
-  per-region counts, and provenance attrs. Returned by :func:`prototypes`, it also holds lazy
+  per-region counts, the optional ``centre``, and provenance attrs.
+- Results do not depend on the storage order of ``y`` and ``x`` (north-up or south-up,
+  east- or west-going): the same place gives the same prototypes and labels, and maps keep
+  the input's coordinate order. Returned by :func:`prototypes`, it also holds lazy
   maps of the cube it was learned from: ``assignment``, ``similarity`` and ``region_map``.
 """
 
@@ -59,6 +66,7 @@ from ..geo import get_crs, grid_info, spatial_dims
 from ..io.prototypes import as_prototypes_dataset, open_prototypes, save_prototypes
 
 __all__ = [
+    "DEFAULT_RESTARTS",
     "DEFAULT_SAMPLE",
     "SKYSENSE_GRID",
     "classify",
@@ -76,6 +84,11 @@ __all__ = [
 DEFAULT_SAMPLE = 4096
 
 _REGION_CHOICES = ("grid", "skysense-4096", "global")
+_METHODS = ("centred", "cosine")
+_SPARSE_CHOICES = ("raise", "drop")
+
+#: Default number of k-means++ initialisations per region (the best by objective is kept).
+DEFAULT_RESTARTS = 4
 
 _Sparse = Literal["raise", "drop"]
 
@@ -90,15 +103,28 @@ def _check_k(k: Any) -> int:
 
 
 def _non_negative_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer | float | np.floating)
+        or not np.isfinite(value)
+        or int(value) != value
+        or value < 0
+    ):
+        raise ArgumentError(f"{name} must be a non-negative integer (0, 1, 2, ...), got {value!r}")
     return int(value)
 
 
 def _momentum(value: Any) -> float:
-    if not 0.0 <= float(value) < 1.0:
-        raise ArgumentError(f"momentum must be in [0, 1), got {value!r}")
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) < 1.0:
+        raise ArgumentError(f"momentum must be a number in [0, 1), e.g. 0.5, got {value!r}")
     return float(value)
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ArgumentError(f"unknown {name}={value!r}; choose one of {format_choices(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -320,7 +346,12 @@ def _coerce_protos(protos: Any) -> _Protos:
         labels = np.asarray(protos["prototype"].values, "float64")
     else:
         labels = np.arange(p.sizes["prototype"], dtype="float64")
-    return _Protos(PrototypeBank(data, region_values, labels, reg), protos)
+    centres = None
+    if "centre" in protos.data_vars:  # absent: label prototypes, method='cosine', older files
+        c = protos["centre"].transpose("region", "feature")
+        cdata = c.data if isinstance(c.data, da.Array) else da.from_array(np.asarray(c.data))
+        centres = cdata.rechunk(-1)
+    return _Protos(PrototypeBank(data, region_values, labels, reg, centres), protos)
 
 
 def _apply_regions(e: _Embedding, pr: _Protos, regions: xr.DataArray | None) -> da.Array | None:
@@ -364,7 +395,10 @@ def classify(
     """Nearest-prototype map of an embedding cube, lazily.
 
     Each valid pixel is compared (cosine similarity) with the prototypes of its region and
-    takes the best one. For learned prototypes the label is the prototype index within the
+    takes the best one. When ``protos`` holds a ``centre`` (learned with
+    ``method="centred"``), the region's centre is subtracted from the pixel's feature first,
+    as when the prototypes were learned; files without one are scored with plain cosine.
+    The result does not depend on the storage order of ``y``/``x`` and keeps the input's. For learned prototypes the label is the prototype index within the
     region; for label prototypes (``prototypes(emb, labels=...)``) it is the class value.
 
     Parameters
@@ -410,7 +444,9 @@ def geo_context(
     As SkySense does at inference: for a pixel feature ``f`` in region ``r`` with unit-norm
     prototypes ``P_r`` (k x D), the context is ``softmax(cos(f, P_r) / temperature) @ P_r``
     (a convex combination of unit vectors), and the output is ``[f, context]``, so the
-    ``feature`` dim doubles to ``2 D``. Lazy: nothing is computed.
+    ``feature`` dim doubles to ``2 D``. Lazy: nothing is computed. With centred prototypes
+    (a ``centre`` variable), ``cos(f - c_r, P_r)`` is used, ``c_r`` the region's centre, and
+    the context is a combination of the prototypes, i.e. a direction relative to ``c_r``.
 
     Pixels that are invalid or whose region has no prototypes get ``NaN`` in the context
     half (the first half is the input, unchanged).
@@ -486,6 +522,8 @@ def prototypes(
     seed: int = 0,
     sparse: _Sparse = "raise",
     classes: Sequence[int] | None = None,
+    method: Literal["centred", "cosine"] = "centred",
+    restarts: int = DEFAULT_RESTARTS,
 ) -> xr.Dataset:
     """Learn ``k`` prototypes per geographic region, or class-mean prototypes from labels.
 
@@ -496,10 +534,13 @@ def prototypes(
     (a uniform random sample without replacement, stratified by region). The sample does
     not depend on the chunking, and memory stays bounded (never the whole cube): a task
     holds one block plus at most ``sample`` rows per region it sees, and a merge of 8
-    partial samples at most ``8 * sample * n_regions * D * 4`` bytes. For each
-    region, :func:`fit_prototypes` then runs (float64): k-means++ seeding, then
-    ``iterations`` steps of Sinkhorn-Knopp balanced soft assignment on cosine similarities
-    and EMA updates of the prototypes. Only regions with sampled pixels get prototypes.
+    partial samples at most ``8 * sample * n_regions * D * 4`` bytes. The index is taken
+    north-up and west-to-east, so the storage order of ``y``/``x`` does not change the
+    sample. For each region, :func:`fit_prototypes` then runs (float64): k-means++ seeding
+    (``restarts`` draws, the best by objective is kept), then ``iterations`` steps of
+    Sinkhorn-Knopp balanced soft assignment on cosine similarities and EMA updates of the
+    prototypes. With ``method="centred"`` (default) the region's sample mean is subtracted
+    from the features first. Only regions with sampled pixels get prototypes.
 
     **Label prototypes** (``labels`` given, ``k`` not). The prototype of a class is the
     normalised mean of the L2-normalised features of its labelled pixels (flox groupby-mean,
@@ -539,6 +580,18 @@ def prototypes(
         Class values for label prototypes; by default the distinct non-negative values of
         ``labels`` (found eagerly for numpy labels, with one compute of the label map for
         dask labels; give ``classes`` to keep everything lazy).
+    method
+        Learned prototypes only. ``"centred"`` (default): subtract each region's centre (the
+        mean of its sampled features) before normalising, when learning and whenever the
+        prototypes are applied (the centre is stored as ``centre``). Real embeddings share
+        a large common component (cosine similarities all near 1), which makes the fixed
+        temperature Sinkhorn of plain cosine merge clusters; centring removes it.
+        ``"cosine"``: SkySense's plain cosine/Sinkhorn on L2-normalised features, no
+        centre (with ``restarts=1``, what earlier xsky versions learned).
+    restarts
+        Learned prototypes only: k-means++ initialisations per region (default 4); the run
+        with the highest mean cosine similarity of the samples to their nearest prototype
+        is kept.
 
     Returns
     -------
@@ -547,6 +600,8 @@ def prototypes(
           prototypes); the ``prototype`` coordinate is ``0..k-1`` or the class values;
         - ``n_samples`` and ``n_pixels`` ``(region,)`` (learned: sampled and valid pixels),
           or ``n_labelled`` ``(region, prototype)`` (labelled pixels per class);
+        - ``centre`` ``(region, feature)`` float32 (``method="centred"`` only): subtracted
+          from a pixel's feature before it is compared with its region's prototypes;
         - coordinates ``region`` (ids) and ``lon_min/lon_max/lat_min/lat_max`` (degrees;
           the cell for grid regions; for label-map regions the extent of their pixel
           centres with learned prototypes, NaN with label prototypes);
@@ -609,10 +664,9 @@ def prototypes(
     sinkhorn_iterations = _non_negative_int(sinkhorn_iterations, "sinkhorn_iterations")
     epsilon = positive_float(epsilon, "epsilon")
     momentum = _momentum(momentum)
-    if sparse not in ("raise", "drop"):
-        raise ArgumentError(
-            f"unknown sparse={sparse!r}; choose one of {format_choices(('raise', 'drop'))}"
-        )
+    sparse = _choice(sparse, "sparse", _SPARSE_CHOICES)  # type: ignore[assignment]
+    method = _choice(method, "method", _METHODS)  # type: ignore[assignment]
+    restarts = positive_int(restarts, "restarts (k-means++ initialisations per region)")
     seed = _non_negative_int(seed, "seed")
     reg, rm = _coerce_regions(regions, cell_size, "grid")
     rmap = _label_map(reg, rm, e)
@@ -638,7 +692,7 @@ def prototypes(
         raise DataError(
             f"no region has at least k={k} valid pixels (largest: {counts.max()}); lower k"
         )
-    ids, counts, n_pixels, protos = fit_regions(
+    ids, counts, n_pixels, protos, centres = fit_regions(
         smp,
         k,
         iterations=iterations,
@@ -646,6 +700,8 @@ def prototypes(
         momentum=momentum,
         sinkhorn_iterations=sinkhorn_iterations,
         seed=seed,
+        centre=method == "centred",
+        restarts=restarts,
     )
     bounds = sample_extents(smp, ids) if reg.kind == "labels" else reg.bounds(ids)
     attrs: dict[str, Any] = {
@@ -657,7 +713,9 @@ def prototypes(
         "momentum": momentum,
         "sinkhorn_iterations": sinkhorn_iterations,
         "seed": seed,
-        "metric": "cosine",
+        "method": method,
+        "restarts": restarts,
+        "metric": "cosine" if centres is None else "cosine after subtracting centre",
         **reg.attrs(),
         **_source_attrs(e.da.attrs),
         "xsky_version": __version__,
@@ -665,6 +723,13 @@ def prototypes(
     ds = _protos_dataset(e, protos, ids, np.arange(k), bounds, attrs)
     ds["n_samples"] = ("region", counts.astype("int64"))
     ds["n_pixels"] = ("region", n_pixels.astype("int64"))
+    if centres is not None:
+        ds["centre"] = xr.DataArray(
+            centres, dims=("region", "feature"), coords={"region": ds["region"]}
+        )
+        if "feature" in ds.coords:
+            ds["centre"] = ds["centre"].assign_coords(feature=ds["feature"])
+        ds["centre"].attrs = {"long_name": "region centre subtracted before scoring"}
     return _attach_maps(ds, e, reg, rmap)
 
 

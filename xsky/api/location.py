@@ -224,8 +224,11 @@ def location_embed(
     With an official checkpoint: ``cube.sky.location_embed("satclip-resnet50-l40.ckpt")``.
     """
     from ..engine.location import build_location_embedding, output_chunks
+    from ._inputs import _stackstac_centres
 
-    obj = _as_spatial(obj)
+    # cell centres come from the coordinates, so any storage order of x/y is right as is;
+    # stackstac's default top-left coordinates are moved to the pixel centres
+    obj = _stackstac_centres(_as_spatial(obj))
     stride = _coerce.positive_int(stride, "stride", "pixels")
     out_dtype = _coerce.float_dtype(dtype)
     grid = grid_info(obj)
@@ -377,8 +380,8 @@ def location_embed_points(
                 lat.index):
             raise AlignmentError("lon and lat Series have different indexes; align them first")
         index = s.index if index is None else index
-    lon_a = np.asarray(lon, dtype=np.float64)
-    lat_a = np.asarray(lat, dtype=np.float64)
+    lon_a = _coerce.float_values(lon, "lon", "degrees")
+    lat_a = _coerce.float_values(lat, "lat", "degrees")
     if lon_a.ndim != 1 or lat_a.ndim != 1 or lon_a.shape != lat_a.shape:
         raise DimensionError(
             f"lon and lat must be 1-D with the same length, got shapes {lon_a.shape} and "

@@ -9,7 +9,7 @@ import xarray as xr
 
 from .. import modalities
 from ..exceptions import AlignmentError, ArgumentError, DimensionError
-from ..geo import get_crs, grid_info, spatial_dims
+from ..geo import get_crs, grid_info, spatial_dims, write_crs
 from ..modalities import canonical_band
 
 __all__ = ["HR_FACTOR", "stack"]
@@ -116,7 +116,8 @@ def stack(
     ArgumentError
         No modality given, or one that is not an xarray object or STAC items.
     AlignmentError
-        HR in another CRS, on another footprint, or not exactly 32x finer (``HR_FACTOR``,
+        A modality whose footprint does not overlap the reference grid at all (one covering
+        less than half of it only warns, naming the fraction covered); HR in another CRS, on another footprint, or not exactly 32x finer (``HR_FACTOR``,
         the table's ``grid_factor``).
     """
     given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr}.items() if v is not None}
@@ -146,12 +147,61 @@ def stack(
                 continue
             if factor[name] == factor[ref_name]:
                 # same pixel size: resampled lazily onto the reference grid
-                get_crs(nodes[name])
-                nodes[name] = _align(nodes[name], ref, resampling).rio.write_crs(crs.to_wkt())
+                _check_overlap(nodes[name], name, ref, ref_name)
+                nodes[name] = write_crs(_align(nodes[name], ref, resampling), crs)
             else:
                 _check_finer_grid(nodes[name], name, ref, ref_name,
                                   factor[name] // factor[ref_name], crs)
     return xr.DataTree.from_dict(dict(nodes))
+
+
+#: below this fraction of the reference grid covered, stack() warns
+MIN_COVER = 0.5
+
+
+def _check_overlap(node: xr.Dataset, name: str, ref: xr.Dataset, ref_name: str) -> float:
+    """The fraction of ``ref``'s footprint that ``node``'s footprint covers (from the bounds
+    and CRSs, not from pixel values). Refuses no overlap, warns below :data:`MIN_COVER`."""
+    import warnings
+
+    from pyproj import Transformer
+
+    src_crs, ref_crs = get_crs(node), get_crs(ref)
+    nb, rb = _bounds(node)[:4], _bounds(ref)[:4]
+    box: tuple[float, ...]
+    if src_crs.equals(ref_crs, ignore_axis_order=True):
+        box = nb
+    else:
+        tr = Transformer.from_crs(src_crs, ref_crs, always_xy=True)
+        try:
+            box = tuple(tr.transform_bounds(*nb, densify_pts=21))
+        except Exception:  # pyproj raises when the footprint cannot be projected at all
+            box = (np.nan,) * 4
+    if not all(np.isfinite(box)):
+        raise AlignmentError(
+            f"{name}= footprint {tuple(round(b, 3) for b in nb)} (in {src_crs.to_string()}) "
+            f"cannot be placed in the CRS of {ref_name}= ({ref_crs.to_string()}); crop or "
+            f"reproject {name}= to the {ref_name}= area first"
+        )
+    w = min(box[2], rb[2]) - max(box[0], rb[0])
+    h = min(box[3], rb[3]) - max(box[1], rb[1])
+    area = (rb[2] - rb[0]) * (rb[3] - rb[1])
+    frac = max(w, 0.0) * max(h, 0.0) / area if area > 0 else 0.0
+    where = (f"{name}= covers {tuple(round(b, 1) for b in box)} and {ref_name}= covers "
+             f"{tuple(round(b, 1) for b in rb)} (x/y bounds in {ref_crs.to_string()})")
+    if frac <= 0.0:
+        raise AlignmentError(
+            f"{name}= does not overlap the {ref_name}= grid at all: {where}; its pixels would "
+            f"all be NaN. Give a {name}= cube (or STAC items) over the same area as {ref_name}="
+        )
+    if frac < MIN_COVER:
+        warnings.warn(
+            f"{name}= covers only {frac:.0%} of the {ref_name}= grid ({where}); the rest of "
+            f"the {name} node is NaN (masked). Give a {name}= cube over the whole "
+            f"{ref_name}= area, or crop {ref_name}= to the common area",
+            UserWarning, stacklevel=3,
+        )
+    return float(frac)
 
 
 def _check_finer_grid(

@@ -7,7 +7,8 @@ itself, so the data is copied once, into each block's buffer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -15,7 +16,8 @@ import numpy as np
 from .kernel import BlockTask, assemble_block, run_block
 from .plan import AxisPlan
 
-__all__ = ["build_embedding", "build_valid_fraction", "chunk_with_halo"]
+__all__ = ["build_embedding", "build_valid_fraction", "check_resources", "chunk_with_halo",
+           "restrict_on_cluster"]
 
 
 def chunk_with_halo(arr: da.Array, py: AxisPlan, px: AxisPlan, g: int,
@@ -30,13 +32,20 @@ def chunk_with_halo(arr: da.Array, py: AxisPlan, px: AxisPlan, g: int,
     return arr
 
 
-def build_embedding(arrays: Sequence[da.Array], task: BlockTask, time_chunks: Sequence[int]
-                    ) -> da.Array:
+def build_embedding(arrays: Sequence[da.Array], task: BlockTask, time_chunks: Sequence[int],
+                    resources: Mapping[str, float] | None = None) -> da.Array:
     """The lazy embedding: ``(T, Yo, Xo, F)`` per-date or ``(Yo, Xo, F)`` time-fusing.
 
     ``arrays`` holds, per modality, its band arrays then (if any) its valid array, each
-    ``(T, Y, X)`` as returned by :func:`chunk_with_halo`.
+    ``(T, Y, X)`` as returned by :func:`chunk_with_halo`. ``resources`` (e.g. ``{"GPU": 1}``)
+    annotates the model tasks, and only them; :func:`restrict_on_cluster` makes the
+    restriction survive dask's low-level graph optimisation on a ``distributed`` cluster.
     """
+    if resources:
+        import dask
+
+        with dask.annotate(resources=dict(resources)):
+            return build_embedding(arrays, task, time_chunks)
     py, px = task.plan_y, task.plan_x
     feat = (task.feature_dim,)
     out: da.Array
@@ -53,6 +62,138 @@ def build_embedding(arrays: Sequence[da.Array], task: BlockTask, time_chunks: Se
         meta=np.empty((0, 0, 0, 0), dtype=np.float32), token="xsky-embed",
     )
     return out
+
+
+# -- resources on a distributed cluster ------------------------------------------------
+#
+# dask keeps annotations on high-level graph layers, but the low-level optimisation that
+# ``client.compute`` runs (linear fusion into a plain dict) drops every layer annotation, so
+# ``dask.annotate(resources=...)`` alone never reaches the scheduler. A small scheduler plugin
+# therefore restricts, as each graph arrives, the tasks of the registered embedding layers
+# (and any fused task that contains one of them) to workers declaring the resources.
+
+_PLUGIN_NAME = "xsky-resources"
+_MAX_LAYERS = 4096  # layer names the scheduler remembers (oldest forgotten first)
+
+
+def _fused_keys(run_spec: Any) -> tuple[Any, ...]:
+    """The inner keys of a task that low-level fusion built from several tasks."""
+    func = getattr(run_spec, "func", None)
+    if getattr(func, "__name__", None) != "_execute_subgraph":
+        return ()
+    args = getattr(run_spec, "args", ())
+    inner = args[0] if args else None
+    return tuple(inner) if isinstance(inner, Mapping) else ()
+
+
+def _key_name(key: Any) -> Any:
+    return key[0] if isinstance(key, tuple) and key else key
+
+
+def _restrictions_for(layers: Mapping[str, dict[str, float]], key: Any, run_spec: Any
+                      ) -> dict[str, float] | None:
+    found = layers.get(_key_name(key))
+    if found is not None:
+        return found
+    for inner in _fused_keys(run_spec):
+        found = layers.get(_key_name(inner))
+        if found is not None:
+            return found
+    return None
+
+
+def _apply_restrictions(scheduler: Any, layers: Mapping[str, dict[str, float]],
+                        keys: Any) -> None:
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        if ts is None or ts.resource_restrictions:
+            continue
+        found = _restrictions_for(layers, key, ts.run_spec)
+        if found is not None:
+            ts.resource_restrictions = dict(found)
+
+
+def _remember_layer(dask_scheduler: Any = None, *, name: str,
+                    resources: dict[str, float]) -> None:
+    """Runs on the scheduler: remember that tasks of layer ``name`` need ``resources``."""
+    plugin = dask_scheduler.plugins[_PLUGIN_NAME]
+    plugin.layers[name] = dict(resources)
+    while len(plugin.layers) > _MAX_LAYERS:
+        plugin.layers.pop(next(iter(plugin.layers)))
+
+
+def _plugin() -> Any:
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class ResourceRestrictions(SchedulerPlugin):
+        """Scheduler plugin: resource restrictions of xsky's model tasks, by layer name."""
+
+        idempotent = True
+        name = _PLUGIN_NAME
+
+        def __init__(self) -> None:
+            self.layers: dict[str, dict[str, float]] = {}
+
+        def update_graph(self, scheduler: Any, *, tasks: Any = (), **kwargs: Any) -> None:
+            if self.layers:
+                _apply_restrictions(scheduler, self.layers, tasks)
+
+    return ResourceRestrictions()
+
+
+def _declared(workers: Mapping[str, Any], resources: Mapping[str, float]) -> list[str]:
+    """Addresses of the workers that declare every resource in the needed amount."""
+    return [addr for addr, info in workers.items()
+            if all(float((info.get("resources") or {}).get(r, 0)) >= float(v)
+                   for r, v in resources.items())]
+
+
+def check_resources(client: Any, resources: Mapping[str, float]) -> None:
+    """Refuse ``resources`` no worker of ``client`` declares (the tasks would wait forever).
+
+    Raises
+    ------
+    ArgumentError
+        The client's workers are known and none declares every resource in the amount asked.
+    """
+    import warnings
+
+    from ..exceptions import ArgumentError
+
+    try:  # by default, recent versions list only the first few workers
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # pragma: no cover - older distributed
+        info = client.scheduler_info()
+    workers = info.get("workers", {})
+    spec = ", ".join(f"{k}={v:g}" for k, v in resources.items())
+    if not workers:
+        warnings.warn(
+            f"resources={dict(resources)} but the connected dask cluster has no worker yet; "
+            f"the model tasks will wait until a worker started with `dask worker --resources "
+            f"\"{spec}\"` joins", UserWarning, stacklevel=4)
+        return
+    if _declared(workers, resources):
+        return
+    seen = sorted({f"{k}={v:g}" for info in workers.values()
+                   for k, v in (info.get("resources") or {}).items()})
+    raise ArgumentError(
+        f"resources={dict(resources)}: none of the {len(workers)} workers of the connected "
+        f"dask cluster declares {spec} (they declare {', '.join(seen) or 'no resources'}), so "
+        f"the model tasks would wait forever; start workers with `dask worker --resources "
+        f"\"{spec}\"` (or LocalCluster(resources={dict(resources)})), or drop resources="
+    )
+
+
+def restrict_on_cluster(out: da.Array, resources: Mapping[str, float], client: Any) -> None:
+    """Make the resource restriction of ``out``'s model tasks reach ``client``'s scheduler.
+
+    Registers (once per scheduler) a plugin that restricts the tasks of ``out``'s model
+    layer, fused or not, when a graph containing them is submitted. Call
+    :func:`check_resources` first.
+    """
+    client.register_plugin(_plugin(), name=_PLUGIN_NAME)
+    client.run_on_scheduler(_remember_layer, name=out.name,
+                            resources={k: float(v) for k, v in resources.items()})
 
 
 def _cell_fraction(*blocks: np.ndarray, nodata: tuple[float | None, ...], has_valid: bool,

@@ -18,6 +18,7 @@ import numpy as np
 from ..exceptions import ModelError
 from ..modalities import Conversion
 from ..models.spec import ModelRef
+from .checks import UnitsCheck, check_units
 from .plan import AxisPlan
 
 __all__ = ["BlockTask", "ModalityInput", "gather", "run_batches", "run_block", "stitch"]
@@ -39,6 +40,7 @@ class ModalityInput:
     doy: tuple[int, ...] | None = None  # per date, for time-fusing models
     nodata: tuple[float | None, ...] = ()  # per band: a value that marks missing data
     has_valid: bool = False  # whether a valid-mask array follows the band arrays
+    units_check: UnitsCheck | None = None  # plausibility of the input units, per block
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ def run_block(*blocks: np.ndarray, task: BlockTask, block_id: Sequence[int] | No
 def gather(blocks: Sequence[np.ndarray], task: BlockTask, by: int, bx: int) -> _Gathered:
     """The windows block ``(by, bx)`` owns, as raw (unnormalised) tensors.
 
-    Per modality: assemble the band blocks into one float32 buffer (NaN at nodata), pad
+    Per modality: assemble the band blocks into one float32 buffer (NaN at nodata), check
+    that its valid values are plausible in the assumed units (:func:`.checks.check_units`), pad
     edge blocks, cut windows as strided views and lay them out as one contiguous
     ``(items, ...)`` tensor, items in ``(t, ky, kx)`` order (per-date) or ``(ky, kx)`` order
     (time-fusing), so batches are plain slices. Also the validity of each output cell,
@@ -170,6 +173,7 @@ def gather(blocks: Sequence[np.ndarray], task: BlockTask, by: int, bx: int) -> _
         n_in = mod.n_bands + mod.has_valid
         buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid)
         pos += n_in
+        check_units(buf, flag_np, mod.units_check)  # on the valid pixels actually read
         (ylo, yhi), (xlo, xhi) = py.edge_pads(by), px.edge_pads(bx)
         buf, flag_np = _pad_edges(buf, flag_np, ((ylo * g, yhi * g), (xlo * g, xhi * g)),
                                   task.edge)

@@ -3,12 +3,15 @@
 NumPy kernels and the dask graphs built from them; xarray-free (the xarray API is
 :mod:`xsky.api.geo_prototypes`). Arrays and small frozen dataclasses in, arrays out:
 
-- :func:`sinkhorn_knopp` and :func:`fit_prototypes` (k-means++ seeding, balanced soft
-  assignments, EMA updates) learn one region's prototypes from a sample, in float64;
-- :func:`draw_sample` draws a chunk-independent, stratified bottom-k sample of valid pixels
-  per region in one streamed pass over the dask blocks (the one compute of learning);
+- :func:`sinkhorn_knopp` and :func:`fit_prototypes` (k-means++ seeding with restarts,
+  balanced soft assignments, EMA updates) learn one region's prototypes from a sample, in
+  float64; :func:`fit_regions` fits every region, centred on its sample mean by default;
+- :func:`draw_sample` draws a chunk- and orientation-independent, stratified bottom-k sample
+  of valid pixels per region in one streamed pass over the dask blocks (the one compute of
+  learning);
 - :func:`classify_arrays` and :func:`context_array` build lazy blockwise graphs that score
-  every pixel against its region's prototypes (cosine similarity of unit vectors).
+  every pixel against its region's prototypes (cosine similarity of unit vectors, after
+  subtracting the region's centre when the bank has one).
 
 A pixel is *valid* when all its features are finite and not all zero.
 """
@@ -79,6 +82,17 @@ class PrototypeBank:
     region_values: np.ndarray  # region id of each position of the region axis
     labels: np.ndarray  # value reported for each prototype position
     regions: Regions
+    #: (region, feature) centre subtracted from a pixel's feature before scoring, one chunk;
+    #: ``None``: no centring (plain cosine, as SkySense and files of earlier versions)
+    centres: da.Array | None = None
+
+    def centre_array(self) -> da.Array:
+        """The centres, zeros when the bank has none (``x - 0`` is exactly ``x``)."""
+        if self.centres is not None:
+            return self.centres
+        r, _, d = self.data.shape
+        zeros: da.Array = da.zeros((r, d), dtype=self.data.dtype, chunks=-1)
+        return zeros
 
 
 # --------------------------------------------------------------------------------------
@@ -207,6 +221,7 @@ def fit_prototypes(
     momentum: float = 0.5,
     sinkhorn_iterations: int = 3,
     seed: int | Sequence[int] = 0,
+    restarts: int = 1,
 ) -> np.ndarray:
     """Learn ``k`` unit-norm prototypes of ``samples`` (one region), in float64.
 
@@ -214,6 +229,13 @@ def fit_prototypes(
     Each iteration computes cosine similarities, balanced soft assignments with
     :func:`sinkhorn_knopp`, and moves every prototype to the EMA
     ``momentum * old + (1 - momentum) * assignment-weighted mean``, renormalised.
+    With ``restarts > 1`` this runs from that many k-means++ draws (one random stream) and
+    keeps the result with the highest spherical k-means objective (mean cosine similarity
+    of each row to its nearest prototype; the first on ties).
+
+    The features are used as given: cosine similarities of features sharing a large common
+    component are all near 1 and the clusters merge. Centre them first (subtract the mean),
+    as :func:`fit_regions` does by default.
 
     Parameters
     ----------
@@ -226,6 +248,8 @@ def fit_prototypes(
         Sinkhorn rounds per step.
     seed
         Seed (or seed sequence) of the k-means++ initialisation.
+    restarts
+        Number of k-means++ initialisations (default 1); the best by objective is kept.
 
     Returns
     -------
@@ -242,16 +266,25 @@ def fit_prototypes(
         )
     if not 0.0 <= momentum < 1.0:
         raise ArgumentError(f"momentum must be in [0, 1), got {momentum!r}")
+    restarts = positive_int(restarts, "restarts")
     rng = np.random.default_rng(seed)
-    c = _kmeans_pp(x, k, rng)
-    for _ in range(int(iterations)):
-        q = sinkhorn_knopp(x @ c.T, epsilon, sinkhorn_iterations)
-        mass = q.sum(axis=0)
-        means = (q.T @ x) / np.where(mass > 0, mass, 1.0)[:, None]
-        moved = momentum * c + (1.0 - momentum) * means
-        # A prototype that received no mass keeps its place.
-        c = _normalise_rows(np.where((mass > 0)[:, None], moved, c))
-    return c
+    best, best_obj = None, -np.inf
+    for _ in range(restarts):
+        c = _kmeans_pp(x, k, rng)
+        for _ in range(int(iterations)):
+            q = sinkhorn_knopp(x @ c.T, epsilon, sinkhorn_iterations)
+            mass = q.sum(axis=0)
+            means = (q.T @ x) / np.where(mass > 0, mass, 1.0)[:, None]
+            moved = momentum * c + (1.0 - momentum) * means
+            # A prototype that received no mass keeps its place.
+            c = _normalise_rows(np.where((mass > 0)[:, None], moved, c))
+        if restarts == 1:
+            return c
+        obj = float((x @ c.T).max(axis=1).mean())
+        if obj > best_obj:
+            best, best_obj = c, obj
+    assert best is not None
+    return best
 
 
 # --------------------------------------------------------------------------------------
@@ -299,7 +332,7 @@ def _empty_part(d: int) -> dict[str, np.ndarray]:
 def _sample_block(
     block: np.ndarray,
     rblock: np.ndarray | None,
-    offset: tuple[int, int, int],
+    index: tuple[int, np.ndarray, np.ndarray],
     shape: tuple[int, int, int],
     ys: np.ndarray,
     xs: np.ndarray,
@@ -330,11 +363,13 @@ def _sample_block(
     ti, yi, xi = np.nonzero(valid)
     if ti.size == 0:
         return part
-    t0, y0, x0 = offset
+    # canonical (north-up, west-to-east) global index: the same pixel gets the same key
+    # whatever the storage order of y and x
+    t0, yc, xc = index
     _, ny, nx = shape
-    g = ((ti + t0).astype("uint64") * np.uint64(ny) + (yi + y0).astype("uint64")) * np.uint64(
+    g = ((ti + t0).astype("uint64") * np.uint64(ny) + yc[yi].astype("uint64")) * np.uint64(
         nx
-    ) + (xi + x0).astype("uint64")
+    ) + xc[xi].astype("uint64")
     h = _hash(g, seed)
     r = rid[yi, xi]
     part["cr"], part["cn"] = np.unique(r, return_counts=True)
@@ -363,17 +398,29 @@ def _merge_parts(*parts: dict[str, np.ndarray], sample: int) -> dict[str, np.nda
     return out
 
 
+def _canonical_index(v: np.ndarray, *, descending: bool) -> np.ndarray:
+    """Position of each coordinate in the ascending (or descending) order of ``v``."""
+    n = v.size
+    ascending = n < 2 or bool(v[-1] > v[0])
+    idx = np.arange(n, dtype="int64")
+    return idx[::-1].copy() if ascending == descending else idx
+
+
 def draw_sample(
     cube: Cube, regions: Regions, rmap: da.Array | None, seed: int, sample: int
 ) -> dict[str, np.ndarray]:
     """Compute the per-region sample with one dask compute over the embedding blocks.
 
     Each valid pixel's global ``(time, y, x)`` index is hashed with ``seed`` and each region
-    keeps its ``sample`` smallest hashes, so the sample does not depend on the chunking.
+    keeps its ``sample`` smallest hashes, so the sample does not depend on the chunking. The
+    index is taken in the canonical orientation (``y`` descending, ``x`` ascending, i.e.
+    row 0 is the northern/top row of a north-up grid) so that a cube stored south-up or
+    east-to-west samples the same pixels, in the same order, as its north-up copy.
     ``rmap`` is a ``(y, x)`` label map on the cube's chunks (``None``: regions from lon/lat).
 
     Returns a dict of arrays: the sample sorted by region (``r`` region ids, ``h`` hashes,
-    ``g`` global indices, ``x`` float32 features), valid pixels per region (``cr``, ``cn``)
+    ``g`` canonical global indices, ``x`` float32 features), valid pixels per region
+    (``cr``, ``cn``)
     and, for label-map regions, the lon/lat extent of each region (``er``, ``ext``:
     ``lon_min, lon_max, lat_min, lat_max``).
     """
@@ -384,6 +431,8 @@ def draw_sample(
     blocks = arr.to_delayed()
     rblocks = rmap.to_delayed() if rmap is not None else None
     yv, xv = cube.ys, cube.xs
+    ycan = _canonical_index(yv, descending=True)
+    xcan = _canonical_index(xv, descending=False)
     fn = delayed(_sample_block, pure=True)
     parts = []
     for bt in range(len(chunks[0])):
@@ -396,7 +445,7 @@ def draw_sample(
                     fn(
                         blocks[bt, by, bx, 0],
                         rb,
-                        (int(offs[0][bt]), int(offs[1][by]), int(offs[2][bx])),
+                        (int(offs[0][bt]), ycan[ysl], xcan[xsl]),
                         shape,
                         yv[ysl],
                         xv[xsl],
@@ -426,30 +475,45 @@ def fit_regions(
     sinkhorn_iterations: int,
     seed: int,
     min_samples: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    centre: bool = False,
+    restarts: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Fit :func:`fit_prototypes` on the sample of every region with ``>= min_samples`` rows.
 
     ``smp`` is a :func:`draw_sample` result; ``min_samples`` defaults to ``k``. Region ``rid``
-    is seeded with ``(seed, rid)``. Returns ``(ids, n_samples, n_pixels, prototypes)``: the
-    fitted region ids (sorted), their sampled and valid pixel counts, and float32
-    prototypes ``(region, k, feature)``.
+    is seeded with ``(seed, rid)``. With ``centre``, each region's sample mean (rounded to
+    float32, the precision it is stored and applied in) is subtracted from its rows before
+    fitting, so a component shared by all the region's features (real embeddings have a
+    large one) does not crowd every cosine similarity near 1.
+
+    Returns ``(ids, n_samples, n_pixels, prototypes, centres)``: the fitted region ids
+    (sorted), their sampled and valid pixel counts, float32 prototypes
+    ``(region, k, feature)`` and float32 centres ``(region, feature)`` (``None`` without
+    ``centre``).
     """
     ids, starts, counts = region_counts(smp)
     keep = counts >= (k if min_samples is None else min_samples)
-    protos = np.empty((int(keep.sum()), k, smp["x"].shape[1]), "float32")
+    d = smp["x"].shape[1]
+    protos = np.empty((int(keep.sum()), k, d), "float32")
+    centres = np.zeros((int(keep.sum()), d), "float32") if centre else None
     for j, (rid, s, c) in enumerate(zip(ids[keep], starts[keep], counts[keep], strict=True)):
+        x = smp["x"][s : s + c].astype("float64")
+        if centres is not None:
+            centres[j] = x.mean(axis=0)
+            x = x - centres[j].astype("float64")
         protos[j] = fit_prototypes(
-            smp["x"][s : s + c],
+            x,
             k,
             iterations=iterations,
             epsilon=epsilon,
             momentum=momentum,
             sinkhorn_iterations=sinkhorn_iterations,
             seed=(seed, int(rid)),
+            restarts=restarts,
         )
     ids, counts = ids[keep], counts[keep]
     n_pixels = smp["cn"][np.searchsorted(smp["cr"], ids)]
-    return ids, counts, n_pixels, protos
+    return ids, counts, n_pixels, protos, centres
 
 
 def region_counts(smp: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -470,14 +534,15 @@ def sample_extents(smp: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.
 
 
 def _region_scores(
-    block: np.ndarray, ridx: np.ndarray, protos: np.ndarray
+    block: np.ndarray, ridx: np.ndarray, protos: np.ndarray, centres: np.ndarray
 ) -> tuple[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Cosine similarities of each valid pixel to its region's prototypes.
+    """Cosine similarities of each valid pixel, minus its region's centre, to the prototypes.
 
     Returns the number of pixels ``M`` in the (flattened) block and, per region present,
     ``(pixel positions, (m, k) scores, (k, D) unit prototypes)``. Scores of non-finite
     prototypes (classes absent from a region) are ``-inf``. Only the regions present are
-    converted to float64, so a large prototype bank is never copied whole.
+    converted to float64, so a large prototype bank is never copied whole. A valid pixel
+    equal to its region's centre has no direction: it scores 0 against every prototype.
     """
     d = block.shape[-1]
     x = block.reshape(-1, d)
@@ -491,7 +556,8 @@ def _region_scores(
         p = np.asarray(protos[ri], "float64")
         pvalid = np.isfinite(p).all(axis=-1)
         pn = _normalise_rows(np.where(pvalid[:, None], p, 0.0))
-        s = (x[pos].astype("float64") / norm[pos, None]) @ pn.T
+        xr_ = x[pos].astype("float64") - np.asarray(centres[ri], "float64")
+        s = _normalise_rows(xr_) @ pn.T
         s[:, ~pvalid] = -np.inf
         out.append((pos, s, pn))
     return x.shape[0], out
@@ -502,6 +568,7 @@ def _classify_block(
     ys: np.ndarray,
     xs: np.ndarray,
     protos: np.ndarray,
+    centres: np.ndarray,
     labels: np.ndarray,
     rblock: np.ndarray | None = None,
     *,
@@ -511,7 +578,7 @@ def _classify_block(
 ) -> np.ndarray:
     """Block kernel: ``(..., 2)`` nearest-prototype label and cosine similarity."""
     ridx = pixel_region_index(rblock, ys, xs, regions, crs_wkt, region_values)
-    m, per_region = _region_scores(block, ridx, protos)
+    m, per_region = _region_scores(block, ridx, protos, centres)
     lab = np.full(m, -1.0)
     sim = np.full(m, np.nan)
     for pos, s, _ in per_region:
@@ -528,6 +595,7 @@ def _context_block(
     ys: np.ndarray,
     xs: np.ndarray,
     protos: np.ndarray,
+    centres: np.ndarray,
     rblock: np.ndarray | None = None,
     *,
     regions: Regions,
@@ -537,7 +605,7 @@ def _context_block(
 ) -> np.ndarray:
     """Block kernel: attention of each pixel over its region's unit prototypes."""
     ridx = pixel_region_index(rblock, ys, xs, regions, crs_wkt, region_values)
-    m, per_region = _region_scores(block, ridx, protos)
+    m, per_region = _region_scores(block, ridx, protos, centres)
     out = np.full((m, block.shape[-1]), np.nan)
     for pos, s, pn in per_region:
         z = s / temperature
@@ -564,12 +632,13 @@ def classify_arrays(
     """Lazy nearest-prototype ``(label, similarity)`` maps ``([time,] y, x)`` of ``cube``.
 
     ``label`` (int64) is ``bank.labels`` of the best prototype of the pixel's region,
-    ``similarity`` (float32) its cosine similarity; ``-1`` and ``NaN`` for invalid pixels and
+    ``similarity`` (float32) its cosine similarity (of the pixel minus the region's centre,
+    when the bank has centres); ``-1`` and ``NaN`` for invalid pixels and
     pixels whose region has no usable prototype. ``rmap`` is the ``(y, x)`` label map for
     label-map regions. Nothing is computed.
     """
     args, idx = _blockwise_args(cube)
-    args += [bank.data, "rpf", bank.labels, "p"]
+    args += [bank.data, "rpf", bank.centre_array(), "rf", bank.labels, "p"]
     if rmap is not None:
         args += [rmap, "yx"]
     out = da.blockwise(
@@ -590,13 +659,14 @@ def classify_arrays(
 def context_array(
     cube: Cube, bank: PrototypeBank, temperature: float, rmap: da.Array | None = None
 ) -> da.Array:
-    """Lazy ``[f, softmax(cos(f, P_r) / temperature) @ P_r]`` of every pixel (``2 D`` features).
+    """Lazy ``[f, softmax(cos(f - c_r, P_r) / temperature) @ P_r]`` of every pixel (``2 D``
+    features); ``c_r`` is the region's centre (zero when the bank has none).
 
     The context half is ``NaN`` for invalid pixels and pixels whose region has no usable
     prototype; the dtype is the cube's. Nothing is computed.
     """
     args, idx = _blockwise_args(cube)
-    args += [bank.data, "rpf"]
+    args += [bank.data, "rpf", bank.centre_array(), "rf"]
     if rmap is not None:
         args += [rmap, "yx"]
     ctx = da.blockwise(

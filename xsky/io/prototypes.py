@@ -1,9 +1,14 @@
 """Persistence of geo-context prototypes: Zarr and NetCDF files.
 
 A prototypes file holds the ``prototypes`` variable ``(region, prototype, feature)``, the
-per-region counts, the region coordinates and the attrs (parameters, region definition,
-source model and weights digest, xsky version) of a prototypes ``Dataset`` from
-:func:`xsky.prototypes`; :func:`as_prototypes_dataset` checks that a ``Dataset`` is one.
+per-region counts, the region ``centre`` ``(region, feature)`` of centred prototypes, the
+region coordinates and the attrs (parameters, region definition, source model and weights
+digest, xsky version) of a prototypes ``Dataset`` from :func:`xsky.prototypes`;
+:func:`as_prototypes_dataset` checks that a ``Dataset`` is one. Files written before
+centring existed have no ``centre`` and are applied with plain cosine, as then.
+
+Writes go through :func:`xsky.io.store.atomic_store`: only a store xsky wrote is ever
+replaced, and a failed or interrupted write leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import numpy as np
 import xarray as xr
 
 from ..exceptions import ArgumentError, DataError, DimensionError, format_choices
+from .store import MARKER, atomic_store
 
 __all__ = ["REGION_KINDS", "as_prototypes_dataset", "open_prototypes", "save_prototypes"]
 
 #: How the pixels of a prototypes ``Dataset`` map to regions (its ``regions`` attr).
 REGION_KINDS = ("grid", "global", "labels")
 
-_SAVED_VARS = ("prototypes", "n_samples", "n_pixels", "n_labelled")
+_SAVED_VARS = ("prototypes", "centre", "n_samples", "n_pixels", "n_labelled")
 _REGION_COORDS = ("region", "prototype", "feature", "lon_min", "lon_max", "lat_min", "lat_max")
 _FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".h5": "netcdf"}
 
@@ -43,6 +49,14 @@ def as_prototypes_dataset(protos: Any) -> xr.Dataset:
         raise DimensionError(
             f"'prototypes' has dims {p.dims}, expected ('region', 'prototype', 'feature')"
         )
+    if "centre" in protos.data_vars:
+        c = protos["centre"]
+        want = {"region": p.sizes["region"], "feature": p.sizes["feature"]}
+        if set(c.dims) != set(want) or any(c.sizes[d] != n for d, n in want.items()):
+            raise DimensionError(
+                f"'centre' has sizes {dict(c.sizes)}, expected (region, feature) = {want} "
+                "like 'prototypes'; it is not a prototypes dataset written by xsky"
+            )
     kind = protos.attrs.get("regions", "grid")
     if kind not in REGION_KINDS:
         raise DataError(
@@ -85,14 +99,22 @@ def _format_of(path: str | Path, format: str | None) -> str:
     return _FORMATS[suffix]
 
 
-def save_prototypes(protos: xr.Dataset, path: str | Path, *, format: str | None = None) -> None:
+def save_prototypes(
+    protos: xr.Dataset, path: str | Path, *, format: str | None = None, overwrite: bool = True
+) -> None:
     """Write prototypes with their region metadata and provenance to Zarr or NetCDF.
 
-    Saved: ``prototypes``, the per-region counts, the region coordinates and all attrs
-    (parameters, region definition, source model and weights digest, xsky version). The
-    maps of the source cube (``assignment``, ``similarity``, ``region_map``) are views of
-    that cube and are not saved; lazy label prototypes are computed here. An existing file
-    is overwritten.
+    Saved: ``prototypes``, the region ``centre`` (centred prototypes), the per-region
+    counts, the region coordinates and all attrs (parameters, region definition, source
+    model and weights digest, xsky version). The maps of the source cube (``assignment``,
+    ``similarity``, ``region_map``) are views of that cube and are not saved; lazy label
+    prototypes are computed here.
+
+    The file is written to a temporary sibling and swapped into place only when complete,
+    so a failed or interrupted save leaves an earlier file at ``path`` as it was. An
+    existing ``path`` is replaced only when xsky wrote it (an ``xsky_store`` marker attribute in
+    a Zarr store, the ``xsky_store`` attribute of a NetCDF file): a directory or file xsky
+    did not create is never deleted.
 
     Parameters
     ----------
@@ -102,13 +124,33 @@ def save_prototypes(protos: xr.Dataset, path: str | Path, *, format: str | None 
         Target path; ``.zarr`` writes a Zarr store, ``.nc`` a NetCDF-4 file.
     format
         ``"zarr"`` or ``"netcdf"`` to override the suffix.
+    overwrite
+        Replace an existing store xsky wrote at ``path`` (default, as before); ``False``
+        refuses any existing ``path``.
+
+    Raises
+    ------
+    ArgumentError
+        ``path`` exists and ``overwrite`` is false, or it exists but xsky did not write it
+        (files saved by earlier xsky versions carry no marker: remove them yourself), or
+        it cannot be written.
     """
     fmt = _format_of(path, format)
+    if not isinstance(overwrite, bool | np.bool_):
+        raise ArgumentError(f"overwrite must be True or False, got {overwrite!r}")
     core = _core(protos).compute()
+    with atomic_store(path, overwrite=bool(overwrite), what="prototypes file") as tmp:
+        _write(core, tmp, fmt)
+
+
+def _write(core: xr.Dataset, tmp: Path, fmt: str) -> None:
+    """Write ``core`` to the temporary ``tmp`` (marked as an xsky store)."""
     if fmt == "zarr":
-        core.to_zarr(str(path), mode="w", consolidated=False)
+        core.to_zarr(str(tmp), mode="w-", consolidated=False)
     else:
-        core.to_netcdf(str(path))
+        marked = core.copy()
+        marked.attrs = {**core.attrs, MARKER: "written by xsky"}
+        marked.to_netcdf(str(tmp), engine="netcdf4")
 
 
 def open_prototypes(path: str | Path, *, format: str | None = None) -> xr.Dataset:
@@ -148,6 +190,7 @@ def open_prototypes(path: str | Path, *, format: str | None = None) -> xr.Datase
         elif isinstance(val, np.generic):
             val = val.item()
         attrs[key] = val
+    attrs.pop(MARKER, None)  # the store marker is not a property of the prototypes
     ds.attrs = attrs
     for v in ds.variables.values():
         v.encoding = {}

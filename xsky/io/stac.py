@@ -72,7 +72,8 @@ def read_items(source: Any) -> list[pystac.Item]:
         A :class:`pystac.Item`, :class:`pystac.ItemCollection`, an iterable of items or
         item dicts, a STAC Item / FeatureCollection dict, a path to a JSON or GeoJSON file
         holding either, or a ``pystac_client`` search (anything with ``.items()``).
-        Relative asset hrefs in a file are resolved against the file's folder.
+        Relative asset hrefs in a file are resolved against the file's folder and may not
+        leave it (``../../etc/passwd``): such an asset is refused when it is loaded.
 
     Raises
     ------
@@ -134,11 +135,52 @@ def _items_from_dict(d: dict[str, Any], where: str, base: Path | None = None) ->
         except Exception as err:
             raise DataError(f"feature {j} of {where} is not a valid STAC Item: {err}") from err
         if base is not None:
-            for asset in item.assets.values():
+            for key, asset in item.assets.items():
                 if "://" not in asset.href and not Path(asset.href).is_absolute():
-                    asset.href = str((base / asset.href).resolve())
+                    asset.href = _confined_href(base, asset.href, where, j, key, asset)
         items.append(item)
     return items
+
+
+#: extra field marking an asset whose relative href leaves the STAC file's folder
+_OUTSIDE = "xsky:href-outside-folder"
+
+
+def _confined_href(base: Path, href: str, where: str, j: int, key: str,
+                   asset: Any) -> str:
+    """A relative asset href resolved against the STAC file's folder, which it may not leave
+    (``../../etc/passwd``, symbolic links included). An escaping href is kept as written and
+    marked: loading that asset is refused (:func:`_refuse_outside`); other assets still load."""
+    target = (base / href).resolve()
+    if target.is_relative_to(base):
+        return str(target)
+    asset.extra_fields[_OUTSIDE] = (
+        f"asset {key!r} of feature {j} of {where} has the relative href {href!r}, which "
+        f"points outside the file's folder {str(base)!r} (to {str(target)!r}); relative "
+        "hrefs must stay inside that folder, so xsky will not read it. Write the href as an "
+        "absolute path or URL if you mean that file"
+    )
+    return href
+
+
+def _refuse_outside(asset: Any) -> None:
+    msg = asset.extra_fields.get(_OUTSIDE)
+    if msg:
+        raise DataError(str(msg))
+
+
+#: resampling methods odc-stac / rasterio accept
+RESAMPLING = ("average", "bilinear", "cubic", "cubic_spline", "gauss", "lanczos", "max",
+              "med", "min", "mode", "nearest", "q1", "q3", "rms", "sum")
+
+
+def _check_resampling(method: Any, where: str) -> str:
+    if not isinstance(method, str) or method not in RESAMPLING:
+        raise ArgumentError(
+            f"{where} must be a resampling method, one of {format_choices(RESAMPLING)}; got "
+            f"{method!r} (e.g. 'bilinear' for reflectance, 'nearest' for classes)"
+        )
+    return method
 
 
 def _items_from_file(path: Path) -> list[Any]:
@@ -299,7 +341,7 @@ def _like_geobox(like: Any) -> GeoBox:
         import odc.geo.xr  # noqa: F401  (registers .odc)
 
         gbox = like.odc.geobox
-        if isinstance(gbox, GeoBox):
+        if isinstance(gbox, GeoBox) and gbox.crs is not None:
             return gbox
         raise CRSError(
             "like= has no usable pixel grid (no CRS or no regular x/y coordinates); pass a "
@@ -667,6 +709,11 @@ def load_stac(
     raw_units = _stored_units(item_list[0], [per_item[0][b] for b in names], mod)
 
     # projection metadata and CRS
+    for it in item_list:  # the assets about to be read: none may leave its STAC file's folder
+        for odc_name in names.values():
+            key = odc_name if odc_name in it.assets else odc_name.rsplit(".", 1)[0]
+            if key in it.assets:
+                _refuse_outside(it.assets[key])
     parsed = list(odc_stac.parse_items(item_list))
     odc_bands = list(names.values())
     no_proj = [p.id for p in parsed if not p.geoboxes(odc_bands)]
@@ -702,10 +749,13 @@ def load_stac(
     # per-band resampling and dtype
     res_cfg: dict[str, str] | None
     if resampling is None or isinstance(resampling, str):
+        if resampling is not None:
+            _check_resampling(resampling, "resampling")
         res_cfg = dict.fromkeys(odc_bands, resampling or "nearest")
     elif isinstance(resampling, Mapping):
         res_cfg = {}
         for k, v in resampling.items():
+            _check_resampling(v, f"resampling[{k!r}]")
             c = k if k == "*" else _canonical(k, modality)
             if c != "*" and c not in names:
                 raise ArgumentError(

@@ -3,8 +3,9 @@
 xsky overwrites only what it wrote itself and never leaves a half-written result in place
 of a good one:
 
-- a store xsky writes carries a marker (a ``.xsky-store`` file inside a directory store such
-  as Zarr, or the ``xsky_store`` global attribute of a NetCDF file);
+- a store xsky writes carries a marker: the ``xsky_store`` attribute of its root (the Zarr
+  group's attributes, or a NetCDF file's global attributes), so the store holds nothing a
+  Zarr or NetCDF reader does not know;
 - :func:`check_target` refuses an existing path unless ``overwrite=True`` *and* the path is
   a store xsky wrote; a directory or file without the marker is never replaced;
 - :func:`atomic_store` hands out a temporary sibling to write into, and only when the write
@@ -25,20 +26,29 @@ from ..exceptions import ArgumentError
 
 __all__ = ["MARKER", "NETCDF_ATTR", "atomic_store", "check_target", "is_xsky_store", "mark"]
 
-#: file written inside directory stores xsky created
-MARKER = ".xsky-store"
-#: NetCDF global attribute of files xsky created
-NETCDF_ATTR = "xsky_store"
+#: root attribute of the stores xsky created (Zarr group attrs, NetCDF global attrs)
+MARKER = "xsky_store"
+NETCDF_ATTR = MARKER  # the same attribute; NetCDF writers set it themselves
+_MARK_TEXT = "written by xsky; xsky may overwrite this store"
 
 
 def is_xsky_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a store xsky wrote (its marker is there)."""
     p = Path(path)
     if p.is_dir():
-        return (p / MARKER).is_file()
+        return _zarr_marked(p)
     if p.is_file():
         return _netcdf_marked(p)
     return False
+
+
+def _zarr_marked(p: Path) -> bool:
+    try:
+        import zarr
+
+        return MARKER in zarr.open_group(str(p), mode="r").attrs
+    except Exception:  # not a Zarr store (or unreadable): not ours
+        return False
 
 
 def _netcdf_marked(p: Path) -> bool:
@@ -52,10 +62,24 @@ def _netcdf_marked(p: Path) -> bool:
 
 
 def mark(path: str | os.PathLike[str]) -> None:
-    """Mark a freshly written directory store as xsky's (NetCDF files carry the attribute)."""
+    """Mark a freshly written Zarr store as xsky's (NetCDF files are written with the
+    attribute). Consolidated metadata, if the store has it, is consolidated again."""
     p = Path(path)
-    if p.is_dir():
-        (p / MARKER).write_text("written by xsky; xsky may overwrite this store\n")
+    if not p.is_dir():
+        return
+    import zarr
+
+    group = zarr.open_group(str(p), mode="r+")
+    group.attrs[MARKER] = _MARK_TEXT
+    if (p / ".zmetadata").is_file() or '"consolidated_metadata": {' in _read(p / "zarr.json"):
+        zarr.consolidate_metadata(str(p))
+
+
+def _read(f: Path) -> str:
+    try:
+        return f.read_text()
+    except OSError:
+        return ""
 
 
 def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
@@ -78,7 +102,7 @@ def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "
             kind = "directory" if p.is_dir() else "file"
             raise ArgumentError(
                 f"{what} {str(p)!r} is an existing {kind} that xsky did not write (no "
-                f"{MARKER!r} marker), so xsky will not replace it even with overwrite; "
+                f"{MARKER!r} attribute), so xsky will not replace it even with overwrite; "
                 "remove it yourself or choose another path"
             )
     parent = p.parent if str(p.parent) else Path(".")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         get_model_card,
         get_model_spec,
         list_models,
+        model_options,
         register_model,
     )
     from ._wrap import WrappedModel, wrap
@@ -44,6 +45,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_weights",
+    "model_options",
     "register_model",
     "state_dict_sha256",
     "wrap",
@@ -60,6 +62,7 @@ _LAZY = {
     "get_model_card": "_registry",
     "get_model_spec": "_registry",
     "list_models": "_registry",
+    "model_options": "_registry",
     "register_model": "_registry",
     "WrappedModel": "_wrap",
     "wrap": "_wrap",

@@ -20,10 +20,13 @@ Loading is three steps, the middle one per model family (timm's ``checkpoint_fil
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import io
 import os
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,8 +43,11 @@ __all__ = [
     "file_sha256",
     "identity_filter",
     "load_checkpoint",
+    "load_checkpoint_and_digest",
     "load_weights",
+    "pinned_digests",
     "strip_prefix",
+    "unwrap_state",
     "verify_sha256",
 ]
 
@@ -59,13 +65,109 @@ def verify_sha256(path: str | os.PathLike[str], sha256: str | None) -> None:
     """Raise :class:`CheckpointError` when ``sha256`` is known and the file's differs."""
     if sha256 is None:
         return
-    got = file_sha256(path)
-    if got != sha256.lower():
+    _check_digest(path, file_sha256(path), sha256, _CARD_ADVICE)
+
+
+_CARD_ADVICE = ("its model card expects {want}; the file is incomplete, corrupt or another "
+                "version. Download it again, or check that it is the file the model card names")
+_PIN_ADVICE = ("the graph was built with {want}: the file changed after the graph was built "
+               "(or differs on this machine), so it is not read. Restore the file, or build "
+               "the graph again with the new file")
+
+
+def _check_digest(path: str | os.PathLike[str], got: str, want: str, advice: str) -> None:
+    if got != want.lower():
+        raise CheckpointError(f"weights file {str(path)!r} has sha256 {got}, but "
+                              + advice.format(want=want.lower()))
+
+
+# resolved path -> sha256 of the files a process may read while it rebuilds a model from a
+# graph's reference; None outside such a rebuild. A context variable, so that each thread
+# (a dask worker thread) has its own.
+_PINNED: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "xsky_pinned_weights", default=None)
+
+
+@contextlib.contextmanager
+def pinned_digests(files: Mapping[str, str] | Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Within the block, :func:`load_checkpoint` reads only these files, with these digests.
+
+    The runtime uses it when a process rebuilds a model from a graph's
+    :class:`~xsky.models.ModelRef` (or a location encoder from its
+    :class:`~xsky.models.LocationRef`): each file's bytes are checked against the digest
+    recorded where the graph was built *before* they are unpickled, so a file replaced in
+    between is refused (:class:`CheckpointError`) and never run, even with ``trust=True``.
+
+    Parameters
+    ----------
+    files
+        ``{resolved path: sha256}`` (or its items).
+    """
+    pins = {str(Path(k).expanduser().resolve()): str(v).lower() for k, v in dict(files).items()}
+    token = _PINNED.set(pins)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
+@contextlib.contextmanager
+def pin_unless_pinned(files: Mapping[str, str] | Sequence[tuple[str, str]]) -> Iterator[None]:
+    """:func:`pinned_digests` unless digests are already pinned (a rebuild from a graph's
+    reference), whose pins then stay: a nested pin never loosens an outer one."""
+    if _PINNED.get() is not None:
+        yield
+        return
+    with pinned_digests(files):
+        yield
+
+
+def load_checkpoint_and_digest(path: str | os.PathLike[str], *, trust: bool = False,
+                               sha256: str | None = None) -> tuple[Any, str]:
+    """:func:`load_checkpoint`, and the sha256 of exactly the bytes it read (what a graph
+    records, so that another process can check the file before reading it)."""
+    p = Path(path).expanduser()
+    pins = _PINNED.get()
+    if pins is not None and str(p.resolve()) in pins:
+        return load_checkpoint(p, trust=trust, sha256=sha256), pins[str(p.resolve())]
+    if pins is not None or not p.is_file():
+        return load_checkpoint(p, trust=trust, sha256=sha256), ""  # raises
+    digest = file_sha256(p)
+    with pinned_digests({str(p): digest}):
+        return load_checkpoint(p, trust=trust, sha256=sha256), digest
+
+
+def _sniff(p: Path, head: bytes) -> None:
+    """Refuse a file that is plainly not a torch.save file (an HTML error page, JSON, text)
+    before torch tries to unpickle it; ``head`` is its first bytes."""
+    head = head[:512]
+    if not head:
         raise CheckpointError(
-            f"weights file {str(path)!r} has sha256 {got}, but its model card expects "
-            f"{sha256.lower()}; the file is incomplete, corrupt or another version. "
-            "Download it again, or check that it is the file the model card names"
+            f"weights file {str(p)!r} is empty; the download or copy did not finish. "
+            "Download it again"
         )
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip format / a pickle
+        return
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # binary: torch tells what it is
+    if not all(c.isprintable() or c in "\r\n\t" for c in text):
+        return
+    start = " ".join(text.split())[:80]
+    low = start.lower()
+    if low.startswith(("<!doctype html", "<html", "<?xml", "<head")) or "<html" in low:
+        kind = ("an HTML page (probably an error or login page saved by a failed download, "
+                "e.g. a 404)")
+    elif low.startswith(("{", "[")):
+        kind = "a JSON file"
+    else:
+        kind = "a text file"
+    raise CheckpointError(
+        f"weights file {str(p)!r} is {kind}, not a torch.save / safetensors checkpoint; it "
+        f"starts with {start!r}. Download the weights again (check the URL, and that the file "
+        "is the size the model card gives), or pass the path of the real checkpoint"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False,
@@ -79,6 +181,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False,
     trust
         Allow full unpickling for a file that cannot be read with ``weights_only=True``.
         Only set this for a file whose origin you trust: unpickling can execute code.
+        The file is then read once and its bytes are checked (``sha256``, and the digest
+        pinned by :func:`pinned_digests`) before they are unpickled.
     sha256
         Expected SHA-256 (from the model card); ``None`` skips the check.
 
@@ -90,35 +194,120 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False,
     Raises
     ------
     CheckpointError
-        The file is missing, unreadable or has another digest than ``sha256``.
+        The file is missing, a directory, no checkpoint (e.g. a saved HTML page), unreadable,
+        or has another digest than ``sha256`` (or than the one pinned for it).
     UnsafeCheckpointError
         The file needs arbitrary unpickling and ``trust`` is False.
     """
     torch = require("torch", "loading weights")
     p = Path(path).expanduser()
+    if p.is_dir():
+        inside = sorted(f.name for f in p.iterdir()
+                        if f.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
+        found = f" (it holds {', '.join(inside[:6])})" if inside else ""
+        raise CheckpointError(
+            f"weights {str(p)!r} is a directory{found}, but this model reads one weights "
+            "file; pass the path of the file itself"
+        )
     if not p.is_file():
         raise CheckpointError(f"weights file {str(p)!r} does not exist; pass the path of a local file")
-    verify_sha256(p, sha256)
+    pins = _PINNED.get()
+    pinned: str | None = None
+    if pins is not None:
+        pinned = pins.get(str(p.resolve()))
+        if pinned is None:
+            raise CheckpointError(
+                f"weights file {str(p)!r} is not among the files read where the graph was "
+                f"built ({', '.join(sorted(pins)) or 'none'}); the weights changed after the "
+                "graph was built, so it is not read. Build the graph again"
+            )
+    data: bytes | None = None
+    if trust:
+        # one read: the bytes checked are the bytes unpickled (nothing can swap in between)
+        data = p.read_bytes()
+        got = hashlib.sha256(data).hexdigest()
+        if pinned is not None:
+            _check_digest(p, got, pinned, _PIN_ADVICE)
+        if sha256 is not None:
+            _check_digest(p, got, sha256, _CARD_ADVICE)
+    else:
+        if pinned is not None:
+            _check_digest(p, file_sha256(p), pinned, _PIN_ADVICE)
+        verify_sha256(p, sha256)
     if p.suffix == ".safetensors":
         st = require("safetensors.torch", "reading .safetensors files")
-        return st.load_file(str(p), device="cpu")
+        try:
+            return st.load(data) if data is not None else st.load_file(str(p), device="cpu")
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise CheckpointError(
+                f"could not read safetensors file {str(p)!r}: {_first_line(err)}; is it "
+                "complete? Download it again"
+            ) from err
+    if data is None:
+        with open(p, "rb") as f:
+            _sniff(p, f.read(512))
+    else:
+        _sniff(p, data)
+
+    def stream() -> Any:
+        return io.BytesIO(data) if data is not None else open(p, "rb")
+
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with stream() as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        with stream() as f:
+            real_pickle = _is_real_pickle(err, f)
+        if not real_pickle:
+            raise CheckpointError(
+                f"could not read weights file {str(p)!r}: it is neither a torch.save nor a "
+                "safetensors checkpoint, or it is corrupt (torch: "
+                f"{_unsafe_reason(err, default=type(err).__name__)}). Download it again"
+            ) from None
         if not trust:
             raise UnsafeCheckpointError(
                 f"{str(p)!r} cannot be read with torch.load(weights_only=True): it holds "
-                f"objects other than tensors and plain containers ({_first_line(err)}). "
+                f"objects other than tensors and plain containers ({_unsafe_reason(err)}). "
                 "Loading it needs full unpickling, which can run arbitrary code from the file. "
                 "If you trust its origin, pass trust=True; otherwise re-save its state_dict "
                 "with torch.save(state_dict) or safetensors."
             ) from None
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
+        try:
+            with stream() as f:
+                return torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise CheckpointError(
+                f"could not unpickle weights file {str(p)!r} with trust=True: "
+                f"{type(err2).__name__}: {_first_line(err2)}; it needs code that is not "
+                "importable here, or it is corrupt"
+            ) from err2
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
             f"could not read weights file {str(p)!r}: {_first_line(err)}; "
-            "is it a torch.save / safetensors file, and complete?"
+            "is it a torch.save / safetensors file, and complete? Download it again"
         ) from err
+
+
+def _is_real_pickle(err: BaseException, stream: Any) -> bool:
+    """Whether torch's ``weights_only`` refusal is about a real pickle (custom classes,
+    another pickle protocol) rather than about bytes that are no pickle at all.
+
+    ``stream`` is the file, at its start; its first pickle is parsed with
+    :mod:`pickletools`, which reads the opcodes without running any of them.
+    """
+    if "Unsupported global" in str(err):
+        return True
+    import pickletools
+
+    try:
+        if stream.read(1) != b"\x80":
+            return False
+        stream.seek(0)
+        for _ in pickletools.genops(stream):
+            pass
+    except Exception:  # not a well-formed pickle
+        return False
+    return True
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -184,14 +373,69 @@ def summarise_keys(keys: Sequence[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def identity_filter(obj: Any, model: Any = None) -> dict[str, Any]:
-    """The filter of a model whose files are its own ``state_dict`` (test-tiny)."""
+#: Keys under which training code nests a state dict (Lightning: ``state_dict``).
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def unwrap_state(obj: Any, model: Any = None, *,
+                 source: str = "the weights file") -> dict[str, Any]:
+    """The state dict in what a weights file holds, unwrapped where that is unambiguous.
+
+    * a mapping of tensors is returned as it is;
+    * a mapping without tensors at its top level, with exactly one of :data:`WRAPPER_KEYS`
+      holding tensors (a Lightning ``{"state_dict": ..., "epoch": ...}`` file, or
+      ``{"model": ...}``), is unwrapped;
+    * then, when no key is one of ``model``'s but all keys share one first component
+      whose removal makes them match (Lightning's ``model.``, DataParallel's ``module.``),
+      that component is removed.
+
+    Raises
+    ------
+    CheckpointError
+        ``obj`` is a bare tensor, not a mapping, or a mapping without (or with several
+        nested) state dicts.
+    """
+    if _is_tensor(obj):
+        raise CheckpointError(
+            f"{source} holds a single tensor of shape {tuple(obj.shape)}, not a state dict "
+            "(a dict of named tensors); save it with torch.save(model.state_dict(), path)"
+        )
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            f"the weights file holds a {type(obj).__name__}, not a state dict; save it with "
+            f"{source} holds a {type(obj).__name__}, not a state dict; save it with "
             "torch.save(model.state_dict(), path)"
         )
-    return dict(obj)
+    state = dict(obj)
+    if not any(_is_tensor(v) for v in state.values()):
+        nested = [k for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)
+                  and any(_is_tensor(v) for v in state[k].values())]
+        if len(nested) != 1:
+            what = (f"several nested state dicts ({', '.join(map(repr, nested))})" if nested
+                    else f"no tensors (keys: {summarise_keys([str(k) for k in state], 8)})")
+            raise CheckpointError(
+                f"{source} holds {what}; save the model's own state dict with "
+                "torch.save(model.state_dict(), path)"
+            )
+        state = dict(state[nested[0]])
+    if model is not None and hasattr(model, "state_dict"):
+        own = set(model.state_dict())
+        keys = [k for k in state if isinstance(k, str)]
+        if own and keys and not own & set(keys) and all("." in k for k in keys) \
+                and len({k.split(".", 1)[0] for k in keys}) == 1:
+            stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
+            if own & set(stripped):
+                state = stripped
+    return state
+
+
+def identity_filter(obj: Any, model: Any = None) -> dict[str, Any]:
+    """The filter of a model whose files are its own ``state_dict`` (test-tiny); a
+    Lightning-style file is unwrapped (:func:`unwrap_state`)."""
+    return unwrap_state(obj, model)
 
 
 _FIX = ("Check that the file belongs to this model, or pass strict=False to keep the "
@@ -306,8 +550,25 @@ def load_weights(
     2
     """
     report = LoadReport(source=str(path), what=what)
-    state = filter_fn(load_checkpoint(path, trust=trust, sha256=sha256), module)
+    obj = load_checkpoint(path, trust=trust, sha256=sha256)
+    try:
+        state = filter_fn(obj, module)
+    except CheckpointError as err:
+        if str(path) in str(err):
+            raise
+        raise CheckpointError(f"{what} {str(path)!r}: {err}") from None
     return apply_state(module, state, report=report, strict=strict, **options)
+
+
+def _unsafe_reason(err: BaseException, default: str = "the restricted unpickler refused it"
+                   ) -> str:
+    """The line of torch's long ``weights_only`` message that says what it refused."""
+    for line in str(err).splitlines():
+        if "Unsupported global" in line:
+            return line.strip().split(" Please use")[0].strip()[:300]
+        if "Unsupported operand" in line or "invalid load key" in line:
+            return line.strip()[:300]
+    return default
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
+import inspect
 import os
 import threading
 import zlib
@@ -21,11 +24,12 @@ from ..exceptions import (
     format_choices,
 )
 from ._base import EmbeddingModel
-from ._checkpoint import file_sha256
+from ._checkpoint import file_sha256, pin_unless_pinned
 from .card import ModelCard
 from .spec import ModelSpec
 
-__all__ = ["create_model", "get_model_card", "get_model_spec", "list_models", "register_model"]
+__all__ = ["create_model", "get_model_card", "get_model_spec", "list_models", "model_options",
+           "register_model"]
 
 Factory = Callable[..., EmbeddingModel]
 
@@ -189,6 +193,38 @@ def get_model_card(name: str) -> ModelCard:
                                description=str(meta.get("description", "")))
 
 
+def _factory_options(factory: Factory) -> tuple[tuple[str, ...], bool]:
+    """The keyword options a factory names, and whether it also takes ``**kwargs``."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or other callable without a signature
+        return (), True
+    names = tuple(p.name for p in params if p.name != "weights" and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The options ``create_model(name, weights, **options)`` accepts, from its factory's
+    signature (a factory that only takes ``**kwargs`` lists none).
+
+    Examples
+    --------
+    >>> import xsky.models as xm
+    >>> xm.model_options("test-tiny")
+    ('feature_dim', 'stride', 'trust', 'window')
+    """
+    return tuple(sorted(_factory_options(_entry(name).factory)[0]))
+
+
+def _unknown_option_error(name: str, unknown: Any, valid: Any) -> ArgumentError:
+    listed = f"valid options: {format_choices(valid)}" if valid else "it takes no options"
+    return ArgumentError(
+        f"model {name!r} has no option(s) {format_choices(unknown)}; {listed} "
+        f"(see xsky.models.model_options({name!r}) and get_model_card({name!r}))"
+    )
+
+
 def create_model(
     name: str, weights: str | os.PathLike[str] | None = None, **overrides: Any
 ) -> EmbeddingModel:
@@ -203,15 +239,27 @@ def create_model(
         weights a model gets a deterministic initialisation seeded from its name, so every
         process builds the same model.
     **overrides
-        Model-specific options (e.g. ``window``, ``stride``).
+        Model-specific options (e.g. ``window``, ``stride``); :func:`model_options` lists
+        them.
 
     Returns
     -------
     EmbeddingModel
+
+    Raises
+    ------
+    ArgumentError
+        An option the model does not take (the message lists the valid ones).
+    CheckpointError
+        The weights are missing, no checkpoint, or do not fit the model.
     """
     if not isinstance(name, str):
         raise ArgumentError(f"model name must be a string, got {type(name).__name__}")
     entry = _entry(name)
+    valid, takes_any = _factory_options(entry.factory)
+    unknown = [k for k in overrides if k not in valid]
+    if unknown and not takes_any:
+        raise _unknown_option_error(name, unknown, valid)
     wpath: str | None = None
     if weights is not None:
         p = Path(weights).expanduser()
@@ -221,9 +269,23 @@ def create_model(
                 "directory"
             )
         wpath = str(p.resolve())
-    with torch.random.fork_rng(devices=[]):
+    digest: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+    if wpath is not None:
+        # digests first, then the factory reads only files with these digests: the reference
+        # records exactly the bytes this model was built from
+        digest, files = _weights_digest(wpath)
+    pins = pin_unless_pinned(files) if wpath is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), pins:
         torch.manual_seed(zlib.crc32(name.encode()))
-        model = entry.factory(weights=wpath, **overrides)
+        try:
+            model = entry.factory(weights=wpath, **overrides)
+        except TypeError as err:
+            # a factory that forwards **kwargs to code that refuses one of them
+            bad = [k for k in overrides if f"argument '{k}'" in str(err)]
+            if not bad or "unexpected keyword" not in str(err):
+                raise
+            raise _unknown_option_error(name, bad, valid) from err
     if not isinstance(model, EmbeddingModel):
         raise ModelError(
             f"factory of model {name!r} returned {type(model).__name__}, not an EmbeddingModel"
@@ -234,24 +296,27 @@ def create_model(
         return model
     if model.spec.name != name:
         model.spec = model.spec.replace(name=name)
-    digest = _weights_digest(wpath) if wpath is not None else None
     if digest is not None and overrides:
         digest = f"{digest}+{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}"
-    return model.set_ref(name, wpath, overrides, sha256=digest)
+    model.set_ref(name, wpath, overrides, sha256=digest)
+    if files:
+        model.ref = dataclasses.replace(model.ref, files=files)
+    return model
 
 
-def _weights_digest(path: str) -> str:
+def _weights_digest(path: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The digest of a weights file (or of a directory's files) and each file's sha256."""
     p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    digests = []
-    for f in files:
+    paths = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    files = []
+    for f in paths:
         st = f.stat()
         key = (str(f), st.st_size, st.st_mtime_ns)
         if key not in _FILE_DIGESTS:
             _FILE_DIGESTS[key] = file_sha256(f)
-        digests.append(_FILE_DIGESTS[key])
-    if len(digests) == 1:
-        return digests[0]
+        files.append((str(f.resolve()), _FILE_DIGESTS[key]))
+    if len(files) == 1:
+        return files[0][1], tuple(files)
     import hashlib
 
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+    return hashlib.sha256("".join(d for _, d in files).encode()).hexdigest(), tuple(files)

@@ -8,7 +8,6 @@ so tests notice a window placed off the global grid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -84,9 +83,20 @@ class TinyNet(EmbeddingModel):
 
 
 @register_model("test-tiny", spec=tiny_spec(), card=CARD)
-def create_test_tiny(weights: str | None = None, **overrides: Any) -> TinyNet:
-    """Tiny deterministic model: S2 B02/B03/B04/B08, window 16, stride 4, 16 features."""
-    model = TinyNet(tiny_spec(**overrides))
+def create_test_tiny(weights: str | None = None, *, window: int = 16, stride: int = 4,
+                     feature_dim: int = 16, trust: bool = False) -> TinyNet:
+    """Tiny deterministic model: S2 B02/B03/B04/B08, window 16, stride 4, 16 features.
+
+    ``trust=True`` allows full unpickling of a weights file that needs it (only for files
+    you trust).
+    """
+    model = TinyNet(tiny_spec(window=window, stride=stride, feature_dim=feature_dim))
     if weights is not None:
-        load_weights(model, weights, checkpoint_filter_fn, what="test-tiny weights")
+        load_weights(
+            model, weights, checkpoint_filter_fn, trust=trust, what="test-tiny weights",
+            fix=("Is it a test-tiny state dict (torch.save(model.state_dict(), path))? The "
+                 "file must hold every weight of the model."),
+            shape_fix=("The weights were saved from a test-tiny with another stride or "
+                       "feature_dim; pass the ones they were saved with "
+                       "(create_model('test-tiny', weights, stride=..., feature_dim=...))."))
     return model

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..exceptions import ArgumentError, CheckpointError, DimensionError, format_choices
 from ._base import EmbeddingModel, state_dict_sha256
-from ._checkpoint import LoadReport, apply_state, file_sha256, load_checkpoint
+from ._checkpoint import LoadReport, apply_state, load_checkpoint, load_checkpoint_and_digest
 from ._registry import register_model
 from ._resnet import resnet18, resnet50
 from ._sh import as_lonlat, spherical_harmonics, spherical_harmonics_torch
@@ -265,7 +265,7 @@ def read_location_state(
     hp = dict(hp_raw) if isinstance(hp_raw, Mapping) else {}
     inferred = _infer_sizes(state, source)
     for key, val in inferred.items():
-        if key in hp and hp[key] is not None and int(hp[key]) != val:
+        if key in hp and hp[key] is not None and _int_hparam(hp, key, source) != val:
             raise CheckpointError(
                 f"{source}: hyper_parameters[{key!r}] = {hp[key]!r} but the SIREN tensors imply "
                 f"{val}; the file is inconsistent"
@@ -285,8 +285,25 @@ def read_location_state(
             "(the network of every released SatCLIP model)"
         )
     for key in _REQUIRED_HPARAMS:
-        hp[key] = int(hp[key])
+        hp[key] = _int_hparam(hp, key, source)
     return hp, state
+
+
+def _int_hparam(hp: Mapping[str, Any], key: str, source: str) -> int:
+    val = hp[key]
+    if isinstance(val, bool) or not isinstance(val, int | float | np.integer | np.floating | str):
+        val = None
+    try:
+        out = int(val) if val is not None and float(val) == int(float(val)) else None
+    except (TypeError, ValueError, OverflowError):
+        out = None
+    if out is None:
+        raise CheckpointError(
+            f"{source}: hyper_parameters[{key!r}] = {hp[key]!r} is not an integer; the file's "
+            "hyper-parameters are broken. Use an official SatCLIP checkpoint, or fix the value "
+            "(it must match the SIREN tensors)"
+        )
+    return out
 
 
 def _infer_sizes(state: Mapping[str, torch.Tensor], source: str) -> dict[str, int]:
@@ -401,10 +418,12 @@ class LocationEncoder(nn.Module):
             The file needs arbitrary unpickling and ``trust`` is False.
         """
         p = Path(path).expanduser()
-        ckpt = load_checkpoint(p, trust=trust)
+        # the digest of the very bytes read: a graph records it, and a worker checks the file
+        # against it before reading it
+        ckpt, digest = load_checkpoint_and_digest(p, trust=trust)
         enc = cls.from_state(ckpt, dtype=dtype, source=str(p))
         enc.source_path = str(p.resolve())
-        enc.source_sha256 = file_sha256(p)
+        enc.source_sha256 = digest
         enc._source_state = state_dict_sha256(enc)
         return enc.to(device)
 
@@ -647,7 +666,14 @@ def visual_state(ckpt: Mapping[str, Any], *, source: str = "checkpoint") -> dict
     """
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(sd, Mapping):
-        raise CheckpointError(f"{source} does not hold a state dict")
+        what = (f"a single tensor of shape {tuple(ckpt.shape)}" if hasattr(ckpt, "shape")
+                else f"a {type(ckpt).__name__}" if not isinstance(ckpt, Mapping)
+                else f"a 'state_dict' entry of type {type(sd).__name__}")
+        raise CheckpointError(
+            f"{source} holds {what}, not a state dict; pass the official SatCLIP Lightning "
+            "checkpoint (.ckpt, a dict with 'state_dict' and 'hyper_parameters'; "
+            "xsky.models.satclip.download_checkpoint fetches it)"
+        )
     for prefix in ("model.visual.", "visual."):
         sub = {k[len(prefix):]: v for k, v in sd.items()
                if isinstance(k, str) and k.startswith(prefix)}

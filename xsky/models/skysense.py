@@ -50,6 +50,7 @@ from ..exceptions import (
     CheckpointError,
     DataError,
     DimensionError,
+    XSkyError,
     format_choices,
 )
 from ._base import EmbeddingModel
@@ -285,6 +286,20 @@ class SkySenseConfig:
         """
         if isinstance(hp, SkySenseConfig):
             return hp
+        try:
+            return cls._parse(hp)
+        except XSkyError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+            raise ArgumentError(
+                f"SkySense hyperparameters: a value has the wrong type ({type(err).__name__}: "
+                f"{err}); sizes must be integers, rates numbers, and norm_cfg/act_cfg "
+                "mappings such as {'type': 'LN'}. Compare with the official config.json (or "
+                "xsky.models.skysense.SKYSENSE_PRESETS)"
+            ) from None
+
+    @classmethod
+    def _parse(cls, hp: Any) -> SkySenseConfig:
         if not isinstance(hp, Mapping):
             raise ArgumentError(f"SkySense hyperparameters must be a mapping or a preset name, "
                                 f"got {type(hp).__name__}")
@@ -538,8 +553,12 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
             return tensors
-    raise CheckpointError(f"{str(path)!r} holds no state dict: expected a mapping of tensors "
-                          "or {'model': {...}} (the official full checkpoint)")
+    what = (f"a single tensor of shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor)
+            else f"a {type(obj).__name__}" if not isinstance(obj, Mapping)
+            else "a mapping without tensors")
+    raise CheckpointError(f"{str(path)!r} holds {what}, not a state dict: expected a mapping of "
+                          "tensors or {'model': {...}} (the official full checkpoint); pass the "
+                          "official SkySense .pth file(s)")
 
 
 def _strip(key: str) -> str:
@@ -1124,6 +1143,24 @@ def _from_official(cls: Any, path: str | os.PathLike[str], hyperparameters: Any,
     return model.eval()
 
 
+def _read_hyperparameters(path: str | os.PathLike[str]) -> Any:
+    """The JSON of a ``hyperparameters=`` file (a whole config.json or the mapping)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ArgumentError(
+            f"hyperparameters={str(path)!r} is neither a SkySense preset "
+            f"({format_choices(SKYSENSE_PRESETS)}) nor an existing JSON file; pass a preset "
+            "name, the path of the official config.json, or a mapping"
+        )
+    try:
+        return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(
+            f"hyperparameters file {str(p)!r} is not valid JSON ({err}); pass the official "
+            "config.json (a JSON object, optionally under a 'hyperparameters' key)"
+        ) from None
+
+
 def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
     p = Path(path).expanduser()
     cfg = (p if p.is_dir() else p.parent) / "config.json"
@@ -1131,7 +1168,10 @@ def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
         try:
             data = json.loads(cfg.read_text())
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"could not read {str(cfg)!r}: {err}") from err
+            raise CheckpointError(
+                f"could not read {str(cfg)!r} beside the weights: it is not valid JSON ({err}); "
+                "fix or remove it, or pass hyperparameters= explicitly"
+            ) from err
         if isinstance(data, Mapping) and isinstance(data.get("hyperparameters"), Mapping):
             return data["hyperparameters"]
     return "skysense-huge"
@@ -1163,9 +1203,10 @@ def _factory(preset: str) -> Any:
                     raise ArgumentError("hyperparameters='beside' needs weights= (a folder or file "
                                         "with a config.json beside it)")
                 hyperparameters = _config_beside(weights)
-            elif isinstance(hyperparameters, (str, os.PathLike)) and \
-                    Path(hyperparameters).is_file():
-                hyperparameters = json.loads(Path(hyperparameters).read_text())
+            elif isinstance(hyperparameters, (str, os.PathLike)) and (
+                    Path(hyperparameters).expanduser().is_file()
+                    or hyperparameters not in SKYSENSE_PRESETS):
+                hyperparameters = _read_hyperparameters(hyperparameters)
             cfg = _coerce_config(hyperparameters)
         model: SkySense | SkySensePerDate
         if temporal == "fused":

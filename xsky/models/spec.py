@@ -8,6 +8,8 @@ in a dask graph and key caches.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -200,9 +202,13 @@ class ModelRef:
     overrides
         Keyword overrides given to ``create_model``, as sorted items.
     sha256
-        Digest of the weights: the cache key, and a check that a worker rebuilt the same model.
+        Digest of the weights: a check that a worker rebuilt the same model.
     spec
         The model's spec.
+    files
+        ``(resolved path, sha256)`` of every weights file read where the graph was built:
+        a process that rebuilds the model checks each file's bytes against it before
+        reading it (so a file swapped after the graph was built is never unpickled).
     """
 
     name: str | None
@@ -210,13 +216,24 @@ class ModelRef:
     overrides: tuple[tuple[str, Any], ...]
     sha256: str
     spec: ModelSpec
+    files: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def variant(self) -> str:
+        """Digest of the spec and the overrides: models with the same weights but other
+        options (``window=``, ``stride=``, ...) compute other things."""
+        spec = dataclasses.astuple(self.spec)[:-1]  # without the informative meta
+        text = repr((spec, self.overrides))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.spec.name, self.sha256)
+    def key(self) -> tuple[str, str, str]:
+        """Cache key: the spec name, the weights digest and :attr:`variant`."""
+        return (self.spec.name, self.sha256, self.variant)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return ("xsky.ModelRef", self.name, self.weights, self.overrides, self.sha256)
+        return ("xsky.ModelRef", self.name, self.weights, self.overrides, self.sha256,
+                self.variant)
 
 
 @dataclass(frozen=True)

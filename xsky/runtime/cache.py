@@ -6,8 +6,14 @@ model, a :class:`~xsky.models.LocationRef` for a location encoder. Inside a task
 encoder's checkpoint), so weights never travel in the graph and each process builds each
 model at most once.
 
-Keys are ``(model name, weights sha256, device)`` for image models and ``("location",
-digest)`` for location encoders (which run on the CPU). :data:`BUILDS` counts how often this
+Keys are ``(model name, weights sha256, variant, device)`` for image models (the variant
+digests the spec and the ``create_model`` options, so ``window=32`` never reuses the plain
+model) and ``("location", digest)`` for location encoders (which run on the CPU).
+
+A process that rebuilds a model (or encoder) from a graph's reference reads each weights
+file only if its bytes have the sha256 recorded where the graph was built
+(:func:`~xsky.models._checkpoint.pinned_digests`): with ``trust=True`` a file swapped in
+between is refused before it is unpickled. :data:`BUILDS` counts how often this
 process built each key; :func:`clear_cache` forgets both kinds.
 """
 
@@ -38,7 +44,7 @@ __all__ = [
     "put_model",
 ]
 
-# values are EmbeddingModel (3-tuple keys) or LocationEncoder (2-tuple keys): the key
+# values are EmbeddingModel (4-tuple keys) or LocationEncoder (2-tuple keys): the key
 # lengths differ, so the two kinds can never collide
 _CACHE: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.RLock()
@@ -134,7 +140,21 @@ def _build(ref: ModelRef) -> EmbeddingModel:
             "xsky.runtime.preload(model, client), or register a factory in a module the "
             "workers import."
         )
-    model = create_model(ref.name, ref.weights, **dict(ref.overrides))
+    if ref.weights is not None:
+        from ..models._checkpoint import pinned_digests
+
+        if not ref.files:
+            raise CheckpointError(
+                f"the graph's reference to model {ref.name!r} records no digest of its weights "
+                f"file(s) {ref.weights!r}, so they cannot be checked before they are read; "
+                "build the graph again with xsky.models.create_model (or xsky.embed)"
+            )
+        # every file is checked against the digest recorded where the graph was built before
+        # it is read: a file swapped in between is never unpickled, even with trust=True
+        with pinned_digests(ref.files):
+            model = create_model(ref.name, ref.weights, **dict(ref.overrides))
+    else:
+        model = create_model(ref.name, ref.weights, **dict(ref.overrides))
     if model.weights_sha256 != ref.sha256:
         raise CheckpointError(
             f"model {ref.name!r} rebuilt in this process has weights {model.weights_sha256[:12]}, "
@@ -164,7 +184,10 @@ def _stat(f: Path) -> tuple[int, int]:
 def get_or_create(name: str, weights: Any = None, **options: Any) -> EmbeddingModel:
     """``create_model(name, weights, **options)``, reusing this process's cached instance.
 
-    A model is rebuilt only when its weights files change (size or modification time).
+    A model is rebuilt only when its weights files change (size or modification time) or
+    the options differ: each set of options has its own cache entry (see
+    :attr:`~xsky.models.ModelRef.key`), so ``window=32`` never changes what the plain model
+    computes.
     """
     from ..models import create_model
 
@@ -223,17 +246,26 @@ def put_location_encoder(enc: LocationEncoder, *, snapshot: bool = False) -> str
     return digest
 
 
-def load_location_encoder(path: str | os.PathLike[str], trust: bool = False
-                          ) -> tuple[LocationEncoder, str]:
+def load_location_encoder(path: str | os.PathLike[str], trust: bool = False, *,
+                          file_sha256: str | None = None) -> tuple[LocationEncoder, str]:
     """The cached encoder of a SatCLIP checkpoint and its digest.
 
     The file is read once per process and file version (size, modification time) and
     ``trust``; :data:`BUILDS` counts the reads.
 
+    Parameters
+    ----------
+    path, trust
+        The checkpoint, and whether it may be fully unpickled.
+    file_sha256
+        The file's digest recorded where a graph was built: the bytes are checked against
+        it before they are read (a replaced file is refused, never unpickled).
+
     Raises
     ------
     CheckpointError
-        The file does not exist (or cannot be read safely: UnsafeCheckpointError).
+        The file does not exist, or differs from ``file_sha256`` (or cannot be read
+        safely: UnsafeCheckpointError).
     """
     from ..models.satclip import LocationEncoder
 
@@ -250,7 +282,13 @@ def load_location_encoder(path: str | os.PathLike[str], trust: bool = False
         key = _LOCATION_FILES.get(fkey)
         enc = _CACHE.get(key) if key is not None else None
         if key is None or enc is None:
-            loaded = LocationEncoder.from_checkpoint(p, trust=trust)
+            if file_sha256 is not None:
+                from ..models._checkpoint import pinned_digests
+
+                with pinned_digests({str(p): file_sha256}):
+                    loaded = LocationEncoder.from_checkpoint(p, trust=trust)
+            else:
+                loaded = LocationEncoder.from_checkpoint(p, trust=trust)
             key = _location_key(put_location_encoder(loaded))
             BUILDS[key] = BUILDS.get(key, 0) + 1
             _LOCATION_FILES[fkey] = key
@@ -278,7 +316,13 @@ def get_location_encoder(ref: LocationRef) -> LocationEncoder:
             "process that created it; save it with torch.save and pass the checkpoint path, "
             "or load it with LocationEncoder.from_checkpoint(path) so workers can read the file"
         )
-    loaded, digest = load_location_encoder(ref.path, ref.trust)
+    if ref.trust and ref.file_sha256 is None:
+        raise CheckpointError(
+            f"the graph's reference to location encoder {ref.name!r} allows full unpickling "
+            f"(trust=True) of {ref.path!r} but records no digest of the file, so it cannot be "
+            "checked before it is unpickled; build the graph again with xsky.location_embed"
+        )
+    loaded, digest = load_location_encoder(ref.path, ref.trust, file_sha256=ref.file_sha256)
     if digest != ref.sha256:
         raise CheckpointError(
             f"checkpoint {ref.path!r} holds different weights in this process ({digest[:12]}) "

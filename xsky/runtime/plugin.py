@@ -23,7 +23,8 @@ class ModelPreloader(WorkerPlugin):
     def __init__(self, payload: bytes | None, ref: Any) -> None:
         self.payload = payload
         self.ref = ref
-        self.name = f"xsky-model-{ref.spec.name}-{ref.sha256[:16]}"
+        # the variant too: the same weights with other options (window=...) are another model
+        self.name = f"xsky-model-{ref.spec.name}-{ref.sha256[:16]}-{ref.variant[:12]}"
 
     def setup(self, worker: Any = None) -> None:
         if self.payload is None:
