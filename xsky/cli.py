@@ -180,7 +180,7 @@ def _embed(args: argparse.Namespace) -> int:
     # write beside the target, swap in on success: a failed or interrupted write keeps the
     # previous result; only a store xsky wrote is ever replaced
     with atomic_store(out, overwrite=args.overwrite, what="--out store") as tmp:
-        delayed = ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+        delayed = ds.to_zarr(tmp, mode="w-", compute=False, consolidated=True)
         if args.progress:
             from dask.diagnostics import ProgressBar
 
@@ -193,7 +193,7 @@ def _embed(args: argparse.Namespace) -> int:
 
         from .plot import save_preview
 
-        with xr.open_zarr(out, consolidated=False, decode_coords="all") as stored:
+        with xr.open_zarr(out, decode_coords="all") as stored:
             save_preview(stored["embedding"], args.preview)
         print(f"xsky: preview written to {args.preview}", file=sys.stderr)
     print(str(out))

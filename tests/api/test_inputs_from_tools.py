@@ -120,3 +120,40 @@ def test_stackstac_location_embed_uses_pixel_centres(romania_stac, sample):
     b = xsky.location_embed(sample, enc, stride=10)
     np.testing.assert_allclose(a.x.values, b.x.values)
     np.testing.assert_allclose(a.values, b.values, atol=1e-9)
+
+
+# ------------------------------------------------------------------ odc.stac
+
+
+def _odc_load(items, sample, **kw):
+    import odc.stac
+
+    res = 10.0
+    x0, y1 = float(sample.x.min()) - res / 2, float(sample.y.max()) + res / 2
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    # the sample's own pixel grid (from_bbox would snap it to multiples of the pixel size)
+    gbox = GeoBox((100, 100), Affine(res, 0.0, x0, 0.0, -res, y1), "EPSG:3035")
+    return odc.stac.load(items, bands=BANDS, geobox=gbox, chunks={"x": 50, "y": 50}, **kw)
+
+
+def test_odc_stac_integer_dn_cube_embeds_like_the_sample(romania_stac, sample):
+    cube = _odc_load(romania_stac, sample, dtype="uint16")
+    assert cube["B02"].dtype.kind == "u"
+    np.testing.assert_allclose(cube.x.values, sample.x.values)
+    got = xsky.embed(cube, "test-tiny").compute()
+    ref = xsky.embed(sample[BANDS], "test-tiny").compute()
+    assert got.attrs["input_units"] == ref.attrs["input_units"]
+    np.testing.assert_allclose(got.values, ref.values, atol=1e-5)
+
+
+def test_odc_stac_float_dn_cube_needs_units_and_then_embeds_like_the_sample(romania_stac,
+                                                                            sample):
+    cube = _odc_load(romania_stac, sample)  # items without raster:bands load as float32 DN
+    assert cube["B02"].dtype == np.float32
+    with pytest.raises(UnitsError, match=r"units='dn'"):
+        xsky.embed(cube, "test-tiny").compute()
+    got = xsky.embed(cube, "test-tiny", units="dn").compute()
+    ref = xsky.embed(sample[BANDS], "test-tiny").compute()
+    np.testing.assert_allclose(got.values, ref.values, atol=1e-5)

@@ -19,7 +19,7 @@ from ..modalities import Plausible
 __all__ = ["MAX_SAMPLES", "MIN_SAMPLES", "UnitsCheck", "block_statistics", "check_units"]
 
 #: At most this many pixels of a block are looked at.
-MAX_SAMPLES = 65536
+MAX_SAMPLES = 8192  # enough for stable 1st/99th percentiles, cheap next to the model
 #: Fewer valid values than this say too little to judge: no check.
 MIN_SAMPLES = 64
 
@@ -51,8 +51,8 @@ def block_statistics(buf: np.ndarray, valid: np.ndarray) -> tuple[float, float, 
     n_pix = t * h * w
     if n_pix == 0:
         return None
-    pos = np.unique(np.linspace(0, n_pix - 1, min(n_pix, MAX_SAMPLES // max(c, 1) + 1))
-                    .astype(np.int64))
+    step = max(1, -(-n_pix * max(c, 1) // MAX_SAMPLES))
+    pos = np.arange(0, n_pix, step, dtype=np.int64)
     pos = pos[valid.reshape(-1)[pos]]
     if pos.size * c < MIN_SAMPLES:
         return None
