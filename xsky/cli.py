@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -179,7 +180,11 @@ def _embed(args: argparse.Namespace) -> int:
     )
     # write beside the target, swap in on success: a failed or interrupted write keeps the
     # previous result; only a store xsky wrote is ever replaced
-    with atomic_store(out, overwrite=args.overwrite, what="--out store") as tmp:
+    with atomic_store(out, overwrite=args.overwrite, what="--out store") as tmp, \
+            warnings.catch_warnings():
+        # consolidated metadata lets a plain xr.open_zarr read the store quickly; zarr 3 notes
+        # that it is not in the v3 spec yet, which is no news to the user
+        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")
         delayed = ds.to_zarr(tmp, mode="w-", compute=False, consolidated=True)
         if args.progress:
             from dask.diagnostics import ProgressBar
