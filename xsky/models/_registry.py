@@ -296,8 +296,7 @@ def create_model(
         return model
     if model.spec.name != name:
         model.spec = model.spec.replace(name=name)
-    if digest is not None and overrides:
-        digest = f"{digest}+{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}"
+    # the digest stays the weights' own: options go into ModelRef.variant (the cache key)
     model.set_ref(name, wpath, overrides, sha256=digest)
     if files:
         model.ref = dataclasses.replace(model.ref, files=files)
