@@ -62,10 +62,8 @@ def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> Embe
 
 def _reference_grid(cubes: Mapping[str, Cube], spec: ModelSpec) -> tuple[GridInfo, Any]:
     """The output's reference grid (a grid_factor-1 modality, or a coarsened finer one)."""
-    ref_mod = next((m for m in spec.modalities if m.name in cubes and m.grid_factor == 1), None)
-    if ref_mod is None:
-        ref_mod = next(m for m in spec.modalities if m.name in cubes)
-    cube = cubes[ref_mod.name]
+    cube = _reference_cube(cubes, spec)
+    ref_mod = spec.modality(cube.name)
     g = ref_mod.grid_factor
     gi = cube.grid
     if gi.ny % g or gi.nx % g:
@@ -92,7 +90,7 @@ def _reference_grid(cubes: Mapping[str, Cube], spec: ModelSpec) -> tuple[GridInf
                 f"{(c.ny, c.nx)} and a pixel-size ratio of {ratio_y:g}; align it with "
                 "xsky.stack(...)"
             )
-    return ref, cubes[ref_mod.name].crs
+    return ref, cube.crs
 
 
 _CFTIME_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
@@ -305,26 +303,17 @@ def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device
 
 def _graph(arrays: list[da.Array], task: BlockTask, plan: _Plan,
            resources: Mapping[str, float] | None, net: EmbeddingModel) -> da.Array:
-    from ..engine.graph import build_embedding
+    from ..engine.graph import build_embedding, check_resources, restrict_on_cluster
 
-    client = None
-    if resources:
-        try:  # the connected distributed client, if any
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
+    client = _connected_client()
     if client is not None and resources:
-        from ..engine.graph import check_resources
-
         check_resources(client, resources)  # up front: before anything is shipped
-    if net.ref.name is None:
-        _preload_on_cluster(net)
+    if client is not None and net.ref.name is None:
+        from ..runtime.plugin import preload
+
+        preload(net, client)  # an unregistered model travels to the workers once
     out = build_embedding(arrays, task, plan.time_chunks, resources=resources)
     if client is not None and resources:
-        from ..engine.graph import restrict_on_cluster
-
         # layer annotations do not survive client.compute's low-level optimisation
         restrict_on_cluster(out, resources, client)
     return out
@@ -371,7 +360,8 @@ def _wrap_result(data: da.Array, cubes: Mapping[str, Cube], plan: _Plan, net: Em
 
 
 def _reference_cube(cubes: Mapping[str, Cube], spec: ModelSpec) -> Cube:
-    """The cube whose grid the output lives on (as :func:`_reference_grid` picks it)."""
+    """The cube whose grid the output lives on: the first grid-factor-1 modality present,
+    else the first present (its grid is then coarsened by :func:`_reference_grid`)."""
     ref_mod = next((m for m in spec.modalities if m.name in cubes and m.grid_factor == 1), None)
     if ref_mod is None:
         ref_mod = next(m for m in spec.modalities if m.name in cubes)
@@ -431,29 +421,21 @@ def _check_cuda_reachable(device: str) -> None:
     """Refuse an explicit CUDA device when neither this process nor a cluster can provide it."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or _connected_client() is not None:
         return
-    try:
-        from distributed import default_client
-
-        default_client()
-    except (ImportError, ValueError):
-        raise ArgumentError(
-            f"device={device!r} was requested but no CUDA GPU is available here and no dask "
-            "cluster is connected; use device='auto' (CPU here, GPU where present) or 'cpu'"
-        ) from None
+    raise ArgumentError(
+        f"device={device!r} was requested but no CUDA GPU is available here and no dask "
+        "cluster is connected; use device='auto' (CPU here, GPU where present) or 'cpu'"
+    )
 
 
-def _preload_on_cluster(net: EmbeddingModel) -> None:
-    """Ship an unregistered model to the workers of an active distributed client, once."""
+def _connected_client() -> Any:
+    """The connected ``distributed`` client, or ``None`` (none, or distributed missing)."""
     try:
         from distributed import default_client
     except ImportError:
-        return
+        return None
     try:
-        client = default_client()
+        return default_client()
     except ValueError:
-        return
-    from ..runtime.plugin import preload
-
-    preload(net, client)
+        return None

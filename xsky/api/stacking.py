@@ -117,8 +117,9 @@ def stack(
         No modality given, or one that is not an xarray object or STAC items.
     AlignmentError
         A modality whose footprint does not overlap the reference grid at all (one covering
-        less than half of it only warns, naming the fraction covered); HR in another CRS, on another footprint, or not exactly 32x finer (``HR_FACTOR``,
-        the table's ``grid_factor``).
+        less than half of it only warns, naming the fraction covered); HR in another CRS,
+        on another footprint, or not exactly 32x finer (``HR_FACTOR``, the table's
+        ``grid_factor``).
     """
     given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr}.items() if v is not None}
     if not given:
