@@ -129,31 +129,8 @@ def _check_outputs(args: argparse.Namespace) -> Path:
                                     "choose another path")
         else:
             check_target(png, overwrite=False, what="--preview")  # its folder is writable
-            _probe_writable(png)
+            png.parent.mkdir(parents=True, exist_ok=True)  # e.g. out/ of out/emb.png
     return out
-
-
-def _probe_writable(path: Path) -> None:
-    """Create ``path``'s folder, then create and remove a file beside ``path`` (an
-    ``os.access`` check is not enough, e.g. for root or read-only mounts)."""
-    anc = path.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ArgumentError(
-            f"--preview {str(path)!r} cannot be written: {str(anc)!r} is a file, not a folder; "
-            "choose another path"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. out/ of out/emb.png
-    probe = path.with_name(f".{path.name}.xsky-probe")
-    try:
-        with open(probe, "xb"):
-            pass
-    except OSError as err:
-        raise ArgumentError(
-            f"--preview {str(path)!r} cannot be written ({err.strerror}); choose another path"
-        ) from None
-    probe.unlink()
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,13 +110,29 @@ def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "
                 f"{MARKER!r} attribute), so xsky will not replace it even with overwrite; "
                 "remove it yourself or choose another path"
             )
-    parent = p.parent if str(p.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise ArgumentError(f"{what} {str(p)!r} cannot be written: {str(probe)!r} is not writable")
+    _check_writable(p, what)
     return p
+
+
+def _check_writable(p: Path, what: str) -> None:
+    """Create and remove a file in the nearest existing folder above ``p``: ``os.access``
+    alone is not enough (it says yes to root, also on read-only mounts and under /proc)."""
+    anc = p.parent if str(p.parent) else Path(".")
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ArgumentError(
+            f"{what} {str(p)!r} cannot be written: {str(anc)!r} is a file, not a folder; "
+            "choose another path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=anc):
+            pass
+    except OSError as err:
+        raise ArgumentError(
+            f"{what} {str(p)!r} cannot be written: {str(anc)!r} is not writable "
+            f"({err.strerror}); choose another path"
+        ) from None
 
 
 @contextlib.contextmanager
