@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dask.array as da
 import numpy as np
@@ -27,6 +27,9 @@ from ..exceptions import (
 from ..geo import GridInfo, get_crs, grid_info
 from ..modalities import canonical_band, match_bands
 from ..models.spec import ModalitySpec, ModelSpec
+
+if TYPE_CHECKING:
+    from ..engine.checks import UnitsCheck
 
 __all__ = ["Cube", "prepare_cubes"]
 
@@ -57,7 +60,7 @@ class Cube:
     variables: tuple[str, ...] = ()
     flip_y: bool = False
     flip_x: bool = False
-    units_check: Any = None  # an xsky.engine.checks.UnitsCheck, run inside the tasks
+    units_check: UnitsCheck | None = None  # run inside the tasks on the pixels read
 
 
 def _table_entry(name: str) -> modalities.Modality | None:
@@ -112,7 +115,8 @@ def _infer_units(var: xr.DataArray, mod: ModalitySpec, override: str | None,
     return units, source
 
 
-def _units_check(mod: ModalitySpec, units: str, source: str, variables: list[str]) -> Any:
+def _units_check(mod: ModalitySpec, units: str, source: str, variables: list[str]
+                 ) -> UnitsCheck | None:
     """The in-task plausibility check for a modality in ``units`` (``None``: nothing known)."""
     from ..engine.checks import units_check
 
