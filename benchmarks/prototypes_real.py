@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import xarray as xr
+from _common import adjusted_rand_index, balanced_accuracy, purity
 
 import xsky
 from xsky import classify, prototypes
@@ -43,42 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ROMANIA = ROOT / ".." / "shared" / "data" / "s2_ts_romania" / "sentinel2_cube_subset_romania_10m.nc"
 GROUPS = {"vegetation": (4,), "cloud": (8, 9, 10), "snow": (11,), "shadow": (3,)}
 BANDS = ("B02", "B03", "B04", "B08")
-
-
-# --------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------
-
-
-def _table(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    t = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(t, (ai, bi), 1)
-    return t
-
-
-def purity(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Share of pixels in the majority reference class of their cluster."""
-    return float(_table(pred, truth).max(axis=1).sum() / pred.size)
-
-
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Hubert & Arabie's adjusted Rand index of two labelings (1 = identical, ~0 = chance)."""
-    t = _table(a, b)
-
-    def pairs(n):
-        return n * (n - 1) / 2.0
-
-    index = pairs(t).sum()
-    row, col = pairs(t.sum(axis=1)).sum(), pairs(t.sum(axis=0)).sum()
-    expected = row * col / pairs(t.sum())
-    top = (row + col) / 2.0
-    return float((index - expected) / (top - expected)) if top != expected else 1.0
-
-
-def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[truth == c] == c) for c in np.unique(truth)]))
 
 
 # --------------------------------------------------------------------------------------

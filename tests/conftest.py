@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,14 +25,20 @@ SHARED_MISSING = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses the ``shared`` fixture (directly or through a fixture built
-    on it) with ``shared``, and skip them all with one reason when the folder is absent."""
+    on it) with ``shared``, and skip them all with one reason when the folder is absent;
+    skip ``gpu`` tests where torch sees no CUDA device."""
     missing = not SHARED.is_dir()
     skip = pytest.mark.skip(reason=SHARED_MISSING)
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    has_cuda = torch.cuda.is_available()
     for item in items:
         if "shared" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
         if missing and item.get_closest_marker("shared") is not None:
             item.add_marker(skip)
+        # `-m gpu` on a machine without CUDA skips them with one reason
+        if not has_cuda and item.get_closest_marker("gpu") is not None:
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +86,27 @@ class TemporalMean(EmbeddingModel):
 
 
 @pytest.fixture
+def isolated_cache() -> Iterator[Any]:
+    """The runtime cache module, emptied for one test; what was cached before comes back after.
+
+    Tests that count builds or check what a process without a cached model does use this,
+    so they never depend on what an earlier test left in the process-wide cache.
+    """
+    from xsky.runtime import cache
+
+    tables = (cache._CACHE, cache.BUILDS, cache._RECIPES, cache._LOCATION_FILES)
+    saved = [dict(t) for t in tables]
+    for t in tables:
+        t.clear()
+    try:
+        yield cache
+    finally:
+        for t, content in zip(tables, saved, strict=True):
+            t.clear()
+            t.update(content)
+
+
+@pytest.fixture
 def window_mean() -> WindowMean:
     return WindowMean().set_ref(None)
 
@@ -92,3 +120,19 @@ def reflect_pad(a: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
     pad = [(0, 0)] * a.ndim
     pad[axis] = (lo, hi)
     return np.pad(a, pad, mode="reflect")
+
+
+def assert_close_nan(actual: np.ndarray, desired: np.ndarray, atol: float) -> None:
+    """Same NaN pattern, and ``max |actual - desired| <= atol`` where both are numbers.
+
+    ``np.nanmax(np.abs(a - b)) <= atol`` alone passes when one side has NaN where the other
+    has a value (a pixel wrongly masked, or wrongly kept).
+    """
+    a, d = np.asarray(actual), np.asarray(desired)
+    assert a.shape == d.shape, (a.shape, d.shape)
+    nan_a, nan_d = np.isnan(a), np.isnan(d)
+    assert (nan_a == nan_d).all(), (
+        f"NaN patterns differ at {int((nan_a != nan_d).sum())} of {a.size} values")
+    if (~nan_a).any():
+        err = float(np.abs(a[~nan_a] - d[~nan_a]).max())
+        assert err <= atol, f"max abs difference {err:.3g} > {atol:.3g}"

@@ -36,9 +36,10 @@ def test_models_lists_the_registry(capsys):
     assert main(["models"]) == 0
     assert capsys.readouterr().out.split() == xsky.models.list_models()
     assert main(["models", "test-*", "-v"]) == 0
-    line = capsys.readouterr().out.strip()
+    line, *card = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("test-tiny\twindow 16, stride 4, 16 features (dense, per date)")
     assert line.endswith("s2: B02,B03,B04,B08")
+    assert card == ["    licence: Apache-2.0"]
 
 
 def test_models_without_match_fails_with_exit_2(capsys):
@@ -78,8 +79,24 @@ def test_embed_sample_writes_store_and_preview(tmp_path, capsys):
     assert stored.sizes["time"] == cube.sizes["time"] > 0
     assert stored.sizes["feature"] == 16
     assert stored.sizes["x"] < 25 and stored.sizes["y"] < 25  # cropped (full cube: 25 x 25)
-    assert png.stat().st_size > 100
+    # the values are the Python API's on the same crop
+    from xsky.cli import _crop_sample
+
+    crop = _crop_sample(xsky.tutorial.open_dataset("romania"), tuple(map(float, BBOX)),
+                        "2020-06-01/2020-07-31")
+    want = xsky.embed(crop, "test-tiny").compute()
+    np.testing.assert_array_equal(stored.x.values, want.x.values)
+    np.testing.assert_array_equal(stored.time.values, want.time.values)
+    np.testing.assert_allclose(stored.values, want.values, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(stored.valid_fraction.values, want.valid_fraction.values)
+    assert stored.attrs["model"] == "test-tiny"
+    # the preview is an image of the embedding (a real PNG, RGB, one pixel per output pixel)
+    import matplotlib.image as mpimg
+
     assert png.read_bytes()[:4] == b"\x89PNG"
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    assert img[..., :3].std() > 0.01  # not a blank image
 
 
 def test_embed_refuses_to_overwrite_and_reports_bad_input(items_file, tmp_path, capsys):

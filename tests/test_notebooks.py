@@ -9,15 +9,44 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def _run(path: Path, tmp_path: Path) -> None:
+def _run(path: Path, tmp_path: Path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+    return nb
+
+
+def _cell(nb, fragment: str):
+    """The executed code cell whose source contains ``fragment``."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and fragment in c.source]
+    assert len(cells) == 1, f"{len(cells)} cells contain {fragment!r}"
+    return cells[0]
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif "text/plain" in out.get("data", {}):
+            parts.append(out["data"]["text/plain"])
+    return "\n".join(parts)
 
 
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_runs(tmp_path):
-    _run(NOTEBOOKS / "01_quickstart.ipynb", tmp_path)
+    nb = _run(NOTEBOOKS / "01_quickstart.ipynb", tmp_path)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]
+    # what the reader is told: the model's contract ...
+    spec = _text(_cell(nb, 'get_model_spec("test-tiny")'))
+    assert "'test-tiny'" in spec and "(('B02', 'B03', 'B04', 'B08'), 16, 4, 16)" in spec
+    # ... that the chunking does not change the result (the printed max difference) ...
+    diff = float(_text(_cell(nb, "float(np.nanmax(np.abs(other - day)))")).strip())
+    assert 0.0 <= diff <= 1e-5
+    # ... and the figures are drawn
+    plot = _cell(nb, "xsky.plot.pca_rgb(day)")
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs)

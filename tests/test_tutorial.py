@@ -52,8 +52,16 @@ def test_snow_option_and_unknown_dataset():
 
 
 def test_lazy_open_with_chunks():
-    ds = xsky.tutorial.open_dataset("romania", chunks={"time": 10})
-    assert ds.B02.chunks is not None
+    from xsky.testing import raise_if_dask_computes
+
+    with raise_if_dask_computes():
+        ds = xsky.tutorial.open_dataset("romania", chunks={"time": 10})
+    assert ds.B02.chunks[0][0] == 10 and sum(ds.B02.chunks[0]) == ds.sizes["time"]
+    eager = xsky.tutorial.open_dataset("romania")
+    assert set(ds.data_vars) == set(eager.data_vars)
+    for name in ("B02", "B08", "valid"):
+        np.testing.assert_array_equal(ds[name].values, eager[name].values)
+    assert ds.rio.crs == eager.rio.crs
 
 
 @pytest.mark.parametrize(

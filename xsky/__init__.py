@@ -1,7 +1,7 @@
 """xsky: remote-sensing foundation-model embeddings for xarray/Dask datacubes.
 
-The public functions (:func:`embed`, :func:`stack`, :func:`location_embed`,
-:func:`prototypes`, ...) take and return xarray objects, and are also methods of the ``.sky``
+The public functions (:func:`embed`, :func:`stack`, :func:`composite`,
+:func:`location_embed`, :func:`prototypes`, ...) take and return xarray objects, and are also methods of the ``.sky``
 accessor on DataArray, Dataset and DataTree. Submodules: :mod:`xsky.models` (registry,
 model contract), :mod:`xsky.modalities` (what xsky knows of each sensor), :mod:`xsky.io`,
 :mod:`xsky.plot`, :mod:`xsky.train`, :mod:`xsky.tutorial`, :mod:`xsky.testing`.
@@ -16,6 +16,7 @@ from . import accessor as _accessor
 from ._version import __version__
 from .api import (
     classify,
+    composite,
     embed,
     geo_context,
     location_embed,
@@ -71,6 +72,7 @@ __all__ = [
     "XSkyError",
     "__version__",
     "classify",
+    "composite",
     "embed",
     "geo_context",
     "load_stac",

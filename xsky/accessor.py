@@ -21,6 +21,7 @@ __all__ = ["METHODS", "SkyAccessor"]
 #: accessor method -> (module, function) it forwards to
 METHODS: dict[str, tuple[str, str]] = {
     "embed": ("xsky.api.embedding", "embed"),
+    "composite": ("xsky.api.compositing", "composite"),
     "location_embed": ("xsky.api.location", "location_embed"),
     "prototypes": ("xsky.api.geo_prototypes", "prototypes"),
     "classify": ("xsky.api.geo_prototypes", "classify"),

@@ -183,7 +183,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import get_model_spec, list_models
+    from .models import get_model_card, get_model_spec, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -197,6 +197,13 @@ def _models(args: argparse.Namespace) -> int:
         time = "fuses time" if s.fuses_time else "per date"
         print(f"{name}\twindow {s.window}, stride {s.stride}, {s.feature_dim} features "
               f"({s.output}, {time})\t{mods}")
+        card = get_model_card(name)
+        print(f"    licence: {card.license or 'not stated'}")
+        if card.paper:
+            print(f"    cite: {card.paper}")
+        for w in card.weights:
+            print(f"    weights: {w.name} sha256 {w.sha256 or 'unknown'}"
+                  f" ({w.url or w.source})")
     return 0
 
 

@@ -51,6 +51,8 @@ UNITS: dict[str, str] = {
     "db": "db", "decibel": "db", "decibels": "db",
     "linear": "linear",
     "rgb255": "rgb255",
+    # physical quantities taken as they are (temperature in K, elevation in m, class labels)
+    "native": "native",
 }
 
 ConversionKind = Literal["identity", "scale", "lin2db", "db2lin"]
@@ -200,6 +202,11 @@ class Modality:
     min_int_bits
         Smallest integer width that can hold the values without overflow (8-bit Sentinel-2
         DN, for instance, are clipped or wrapped).
+    static
+        ``True`` for layers without a time axis (terrain): they stand beside any dates.
+    resampling
+        Resampling that aligns this modality onto another grid, when it must not be the
+        caller's choice (``"nearest"`` for class labels); ``None``: the caller's.
     plausible
         Per unit, where the bulk of valid values lies (:class:`Plausible`); checked inside
         the tasks on the pixels actually read, so values in the wrong units (digital numbers
@@ -220,6 +227,8 @@ class Modality:
     extra_bands: tuple[str, ...] = ()
     min_int_bits: int = 8
     plausible: Mapping[str, Plausible] = field(default_factory=dict)
+    static: bool = False
+    resampling: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -350,7 +359,36 @@ HR = Modality(
     },
 )
 
-_TABLE: dict[str, Modality] = {m.name: m for m in (S2, S1, HR)}
+# Auxiliary layers that pixel time-series models (Presto) take next to S1/S2, in the units
+# those models were trained on: ERA5 monthly means, SRTM terrain, Dynamic World labels.
+ERA5 = Modality(
+    name="era5",
+    bands=("temperature_2m", "total_precipitation"),
+    aliases={"t2m": "temperature_2m", "tp": "total_precipitation",
+             "total_precipitation_sum": "total_precipitation"},
+    units=("native",), int_units="native", float_units="native",
+    plausible={},
+)
+
+SRTM = Modality(
+    name="srtm",
+    bands=("elevation", "slope"),
+    aliases={"dem": "elevation", "height": "elevation"},
+    units=("native",), int_units="native", float_units="native",
+    node_names=("dem",),
+    static=True,
+)
+
+DW = Modality(
+    name="dw",
+    bands=("dynamic_world",),
+    aliases={"label": "dynamic_world", "dw": "dynamic_world", "landcover": "dynamic_world"},
+    units=("native",), int_units="native", float_units="native",
+    node_names=("dynamic_world", "dynamicworld"),
+    resampling="nearest",  # class labels: never interpolated
+)
+
+_TABLE: dict[str, Modality] = {m.name: m for m in (S2, S1, HR, ERA5, SRTM, DW)}
 _LOCK = threading.Lock()
 
 

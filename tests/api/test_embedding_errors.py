@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -53,7 +55,8 @@ CASES = [
      "64-bit integers"),
     ("boolean band", lambda d: d.assign(B02=d.B02 > 0.1), {}, xsky.XSkyError,
      "integer or floating-point"),
-    ("empty array", lambda d: d.isel(time=slice(0, 0)), {}, xsky.DimensionError, "empty"),
+    ("empty array", lambda d: d.isel(time=slice(0, 0)), {}, xsky.DimensionError,
+     r"input is empty \(shape \{.time.: 0"),
     ("single pixel column", lambda d: d.isel(x=[0]), {}, xsky.DimensionError, "single coordinate"),
     ("all-NaN input", _all_nan, {}, xsky.XSkyError, "no valid pixel"),
     ("all invalid mask", lambda d: d.assign(valid=d.valid & False), {}, xsky.XSkyError,
@@ -61,8 +64,10 @@ CASES = [
     ("window larger than the array", lambda d: d.isel(x=slice(0, 10)), {}, xsky.DimensionError,
      "fewer than the model window of 16"),
     ("bad device", lambda d: d, {"device": "gpu"}, xsky.XSkyError, "device='gpu'.*'cuda'"),
-    ("bad batch_size", lambda d: d, {"batch_size": 0}, xsky.XSkyError, "batch_size"),
-    ("float batch_size", lambda d: d, {"batch_size": 2.5}, xsky.XSkyError, "batch_size"),
+    ("bad batch_size", lambda d: d, {"batch_size": 0}, xsky.XSkyError,
+     "batch_size must be a positive integer or None, got 0$"),
+    ("float batch_size", lambda d: d, {"batch_size": 2.5}, xsky.XSkyError,
+     "batch_size must be a positive integer or None, got 2.5$"),
     ("bad edge", lambda d: d, {"edge": "wrap"}, xsky.XSkyError, "edge='wrap'.*'reflect'"),
     ("bad precision", lambda d: d, {"precision": "fp8"}, xsky.XSkyError, "precision"),
     ("bad overlap", lambda d: d, {"overlap": 3}, xsky.XSkyError, "multiple of the stride"),
@@ -104,8 +109,41 @@ def test_bad_input_gives_a_clear_xsky_error(cube, transform, kwargs, err, match,
     assert isinstance(info.value, xsky.XSkyError)
 
 
-def test_at_least_twenty_bad_inputs_are_covered():
+def test_at_least_twenty_distinct_bad_inputs_each_get_their_own_message(cube, temporal_mean):
+    """Twenty cases that all hit one generic error would pass the test above: each case's
+    message must match its own fragment and no other case's, and the messages differ."""
+    import torch
+
     assert len(CASES) >= 20
+    assert len({c[0] for c in CASES}) == len(CASES)
+    messages = {}
+    for name, transform, kwargs, err, _ in CASES:
+        kwargs = dict(kwargs)
+        if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+            continue
+        model = kwargs.pop("model", "test-tiny")
+        if model == "temporal":
+            model = temporal_mean
+        elif model == "instance":
+            model = xsky.models.create_model("test-tiny")
+        with pytest.raises(xsky.XSkyError) as info:
+            xsky.embed(transform(cube), model, **kwargs)
+        assert isinstance(info.value, err), name
+        messages[name] = str(info.value)
+    # all-NaN bands and an all-false mask are the same problem, with the same message
+    same_problem = [{"all-NaN input", "all invalid mask"}]
+    by_message: dict[str, set[str]] = {}
+    for name, msg in messages.items():
+        by_message.setdefault(msg, set()).add(name)
+    shared = [names for names in by_message.values() if len(names) > 1]
+    assert all(names in same_problem for names in shared), shared
+    for name, _, _, _, match in CASES:
+        others = [n for n, msg in messages.items() if n != name and re.search(match, msg)
+                  and not any({n, name} <= group for group in same_problem)]
+        assert not others, f"the fragment of {name!r} also matches {others}"
+    # every message says what to do or what was expected, not just that something failed
+    for name, msg in messages.items():
+        assert len(msg) > 40, (name, msg)
 
 
 def test_input_is_not_modified_by_a_failed_call(cube):

@@ -24,7 +24,8 @@ NAMES = xm.list_models()
 #: Presets too large to run on a CPU in a unit test: built on the meta device, shapes only.
 LARGE = {"skysense-huge"}
 #: Small-window overrides (the models accept them) that keep the CPU work small.
-SMALL = {"satclip-resnet*": {"window": 64}, "skysense-*": {"window": 8}, "test-tiny": {}}
+SMALL = {"satclip-resnet*": {"window": 64}, "skysense-*": {"window": 8}, "test-tiny": {},
+         "galileo-*": {"window": 8}, "presto": {"window": 4}}
 
 
 def _overrides(name: str) -> dict:
@@ -59,8 +60,19 @@ def _random_windows(spec: xm.ModelSpec, n: int = 2, device: str = "cpu",
             shape = (n, c, side, side)
         if device == "meta":
             inputs[m.name] = torch.empty(shape, device="meta")
+        elif m.units == "native" and m.bands == ("dynamic_world",):
+            inputs[m.name] = torch.randint(0, 9, shape, generator=g).float()  # class labels
         else:
             inputs[m.name] = torch.randn(shape, generator=g)
+        if spec.band_mask:
+            inputs[f"{m.name}_band_valid"] = torch.ones(shape, dtype=torch.bool, device=device)
+        if spec.fuses_time:
+            inputs[f"{m.name}_month"] = (torch.arange(shape[2]) * 3).repeat(n, 1).to(device)
+    if spec.location == "window":
+        inputs["latlon"] = torch.tensor([[45.0, 25.0]] * n, dtype=torch.float64, device=device)
+    elif spec.location == "pixel":
+        inputs["latlon"] = torch.tensor([45.0, 25.0], dtype=torch.float64, device=device
+                                        ).view(1, 2, 1, 1).expand(n, 2, w, w)
     return inputs
 
 
@@ -167,6 +179,10 @@ def _cube(spec: xm.ModelSpec, size: int):
             for b in m.bands:
                 ds[b] = ds[b] * 50 - 20
                 ds[b].attrs = {"units": "db"}
+        elif m.units == "native":  # physical quantities and class labels, taken as they are
+            for b in m.bands:
+                ds[b] = (ds[b] * 1000).round() % 9 if b == "dynamic_world" else ds[b] * 100
+                ds[b].attrs = {}
         parts[m.name] = ds
     if len(parts) == 1:
         return next(iter(parts.values()))

@@ -199,13 +199,23 @@ def test_pickle_payload_in_checkpoint_is_refused_and_never_runs(tmp_path, ckpt10
     assert enc.embed_dim == 32
 
 
-def test_missing_or_garbage_checkpoint_raises_checkpoint_error(tmp_path):
+def test_missing_or_garbage_checkpoint_raises_checkpoint_error(tmp_path, fixture_dir):
     with pytest.raises(CheckpointError, match="does not exist"):
         LocationEncoder.from_checkpoint(tmp_path / "nope.ckpt")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a zip file at all")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt' is a text file, not a torch\.save"
+                                              r".*starts with 'not a zip file at all'") as err:
         LocationEncoder.from_checkpoint(junk)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    # a real checkpoint cut short reaches the "could not read" branch, not the unsafe one
+    cut = tmp_path / "cut.ckpt"
+    data = (fixture_dir / "satclip_public_L10.ckpt").read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match=r"could not read weights file .*cut\.ckpt.*"
+                                              r"Download it again") as err:
+        LocationEncoder.from_checkpoint(cut)
+    assert not isinstance(err.value, UnsafeCheckpointError)
 
 
 def test_forward_rejects_wrong_input_shape(fixture_dir):

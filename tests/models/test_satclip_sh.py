@@ -127,3 +127,90 @@ def test_sh_rejects_bad_degree_and_mismatched_inputs():
         spherical_harmonics([0.0, 1.0], [0.0], 10)
     with pytest.raises(XSkyError, match="C-contiguous float64"):
         spherical_harmonics([0.0], [0.0], 10, out=np.empty((1, 99)))
+
+
+# ---- the kernels' plumbing: tables, out=, empty input, the parallel switch, torch -----------
+
+
+def test_recurrence_tables_are_cached_read_only():
+    from xsky.models._sh import _tables
+
+    tables = _tables(6)
+    assert _tables(6) is tables  # one computation per degree
+    for arr in tables:
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1.0
+
+
+def test_out_is_filled_in_place_and_checked():
+    out = np.full((3, 16), np.nan)
+    got = spherical_harmonics([0.0, 10.0, -20.0], [5.0, -5.0, 60.0], 4, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, spherical_harmonics([0.0, 10.0, -20.0],
+                                                           [5.0, -5.0, 60.0], 4))
+    for bad in (np.empty((3, 16), np.float32), np.empty((3, 15)), np.empty((2, 16)),
+                np.empty((16, 3)).T):
+        with pytest.raises(XSkyError, match=r"C-contiguous float64 array of shape \(3, 16\)"):
+            spherical_harmonics([0.0, 10.0, -20.0], [5.0, -5.0, 60.0], 4, out=bad)
+
+
+def test_no_points_give_an_empty_result():
+    assert spherical_harmonics([], [], 5).shape == (0, 25)
+    assert spherical_harmonics_torch(torch.zeros((0, 2)), 5).shape == (0, 25)
+
+
+def test_lists_of_any_shape_are_flattened_as_float64():
+    lon = np.array([[0.0, 45.0], [90.0, 135.0]], np.float32)
+    lat = np.array([[10.0, 20.0], [30.0, 40.0]], np.float32)
+    f = spherical_harmonics(lon, lat, 3)
+    assert f.shape == (4, 9) and f.dtype == np.float64
+    np.testing.assert_array_equal(f, spherical_harmonics(lon.ravel().tolist(),
+                                                         lat.ravel().tolist(), 3))
+
+
+def test_the_parallel_kernel_runs_only_for_large_inputs_on_the_main_thread():
+    import threading
+
+    import numba
+
+    from xsky.models import _sh
+
+    assert _sh._PARALLEL_MIN_POINTS == 4096
+    assert not _sh._use_parallel(4095)
+    assert _sh._use_parallel(4096) == (numba.get_num_threads() > 1)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(_sh._use_parallel(10**6)))
+    t.start()
+    t.join()
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("L", [0, -1, True, 2.0, "10", None])
+def test_every_entry_point_rejects_a_bad_degree(L):
+    with pytest.raises(XSkyError, match=f"positive integer.*got {L!r}"):
+        spherical_harmonics([0.0], [0.0], L)
+    with pytest.raises(XSkyError, match="positive integer"):
+        spherical_harmonics_torch(torch.zeros((1, 2)), L)
+    with pytest.raises(XSkyError, match="positive integer"):
+        spherical_harmonics_naive([0.0], [0.0], L)
+
+
+def test_numpy_integer_degrees_are_accepted():
+    np.testing.assert_array_equal(spherical_harmonics([1.0], [2.0], np.int64(3)),
+                                  spherical_harmonics([1.0], [2.0], 3))
+
+
+def test_torch_features_are_float64_and_handle_the_poles_exactly():
+    lonlat = torch.tensor([[10.0, 90.0], [-70.0, -90.0], [33.0, 12.0]], dtype=torch.float32)
+    t = spherical_harmonics_torch(lonlat, 8)
+    assert t.dtype == torch.float64 and t.shape == (3, 64)
+    ref = spherical_harmonics(lonlat[:, 0].double().numpy(), lonlat[:, 1].double().numpy(), 8)
+    np.testing.assert_allclose(t.numpy(), ref, rtol=0, atol=1e-13)
+    m_nonzero = [k for l in range(8) for k in range(l * l, (l + 1) ** 2) if k != l * l + l]  # noqa: E741
+    assert (t[:2, m_nonzero] == 0).all()
+    # at the poles cos(theta) is exactly -1 (north) or 1 (south): Y_l^0 = pi * Y00 * x^l ...
+    for l in range(8):  # noqa: E741
+        north = t[0, sh_index(l, 0)].item()
+        assert north == pytest.approx(math.pi * math.sqrt((2 * l + 1) / (4 * math.pi))
+                                      * (-1) ** l, rel=1e-12)

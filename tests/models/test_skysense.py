@@ -279,6 +279,27 @@ def test_small_presets_run_on_cpu_with_every_modality():
         out = _embed(model, _windows(n=1, t2=2, t1=2))
         assert out.shape == (1, SkySenseConfig.preset(name).embed_dim, 8, 8)
         assert torch.isfinite(out).all()
+    # (the stored values of both presets are in test_golden.py)
+
+
+def test_every_modality_reaches_the_output_and_windows_are_not_mixed():
+    model = create_model("skysense-tiny", window=8)
+    inp = _windows(n=2, t2=2, t1=2)
+    out = _embed(model, inp)
+    # each window is embedded on its own: batching does not mix them
+    first = {k: v[:1] for k, v in inp.items()}
+    out1 = _embed(model, first)
+    torch.testing.assert_close(out1, out[:1], rtol=1e-5, atol=1e-5)
+    # every modality reaches the output: without it, or with other values, it changes
+    # (S2 and S1 checked without HR, whose Swin forward is the slow part)
+    no_hr = {k: v for k, v in first.items() if not k.startswith("hr")}
+    base = _embed(model, no_hr)
+    assert (base - out1).abs().max() > 1e-3
+    assert (_embed(model, dict(first, hr=first["hr"].flip(-1))) - out1).abs().max() > 1e-3
+    for m in ("s2", "s1"):
+        without = {k: v for k, v in no_hr.items() if not k.startswith(m)}
+        assert (_embed(model, without) - base).abs().max() > 1e-3, m
+        assert (_embed(model, dict(no_hr, **{m: no_hr[m].flip(-1)})) - base).abs().max() > 1e-3
 
 
 def test_create_model_is_deterministic_and_loads_weights(tmp_path):

@@ -28,11 +28,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    cache.clear_cache()
-    yield
-    cache.clear_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # each test: an empty model cache
 
 
 @pytest.fixture(scope="module")

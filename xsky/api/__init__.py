@@ -6,6 +6,7 @@ functions (same signature minus the object, same docstring).
 
 from __future__ import annotations
 
+from .compositing import composite
 from .embedding import embed
 from .geo_prototypes import classify, geo_context, open_prototypes, prototypes, save_prototypes
 from .location import location_embed, location_embed_points
@@ -13,6 +14,7 @@ from .stacking import stack
 
 __all__ = [
     "classify",
+    "composite",
     "embed",
     "geo_context",
     "location_embed",

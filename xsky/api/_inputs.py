@@ -63,6 +63,9 @@ class Cube:
     units_check: UnitsCheck | None = None  # run inside the tasks on the pixels read
 
 
+_NOT_STATIC = modalities.Modality("unknown", ("x",))
+
+
 def _table_entry(name: str) -> modalities.Modality | None:
     """The table's entry for a model modality, or ``None`` for a name not in the table."""
     return modalities.get(name) if name in modalities.names() else None
@@ -242,10 +245,13 @@ def _as_dataset(obj: xr.DataArray | xr.Dataset, mod: ModalitySpec) -> xr.Dataset
 
 def prepare_modality(
     obj: xr.DataArray | xr.Dataset, mod: ModalitySpec, *, fuses_time: bool,
-    units: str | None = None, what: str = "input",
+    units: str | None = None, what: str = "input", rechunk_time: bool = False,
 ) -> Cube:
     """Check one modality's xarray object and gather its band and ``valid`` dask arrays,
-    in the canonical orientation (y descending, x ascending; reversed lazily if need be)."""
+    in the canonical orientation (y descending, x ascending; reversed lazily if need be).
+
+    A time-fusing model needs all dates of a block at once: ``rechunk_time`` (models with a
+    small ``max_timesteps``) merges the time chunks, otherwise split time is refused."""
     ds = _as_dataset(obj, mod)
     stored = grid_info(ds)
     flip_y, flip_x = stored.dy > 0, stored.dx < 0
@@ -257,14 +263,20 @@ def prepare_modality(
         stored.ny, stored.nx,
     )
     crs = get_crs(ds)
-    names = match_bands([str(v) for v in ds.data_vars if v != "valid"], mod.bands, mod.name,
-                        what=what)
+    available = [str(v) for v in ds.data_vars if v != "valid"]
+    wanted = present_bands(available, mod) if mod.partial else mod.bands
+    if not wanted:
+        raise BandMismatchError(
+            f"{what} holds none of the bands of modality {mod.name!r} ({list(mod.bands)}); "
+            f"found {available}. Rename variables to canonical names or aliases"
+        )
+    names = match_bands(available, wanted, mod.name, what=what)
     allowed = {grid.ydim, grid.xdim, "time"}
-    first = ds[names[mod.bands[0]]]
+    first = ds[names[wanted[0]]]
     time_dim = "time" if "time" in first.dims else None
     order = ((time_dim,) if time_dim else ()) + (grid.ydim, grid.xdim)
     arrays, in_memory = [], []
-    for band in mod.bands:
+    for band in wanted:
         var = ds[names[band]]
         extra = {str(d) for d in var.dims} - allowed
         if extra:
@@ -281,19 +293,14 @@ def prepare_modality(
         _check_dtype(var, names[band], mod)
         var = var.transpose(*order)
         in_memory.append(not isinstance(var.data, da.Array))
-        data = var.data
-        nodata = var.attrs.get("nodata", var.attrs.get("_FillValue"))
-        if nodata is None and np.issubdtype(var.dtype, np.integer):
-            nodata = var.encoding.get("_FillValue")
-        arrays.append((data, nodata))
-    band_units, units_source = _infer_units(ds[names[mod.bands[0]]], mod, units,
-                                            names[mod.bands[0]])
-    variables = [names[b] for b in mod.bands]
+        arrays.append((var.data, nodata_of(var, mod.name)))
+    band_units, units_source = _infer_units(first, mod, units, names[wanted[0]])
+    variables = [names[b] for b in wanted]
 
     shape = arrays[0][0].shape
     if any(s == 0 for s in shape):
         raise DimensionError(f"{what} is empty (shape {dict(zip(order, shape, strict=True))})")
-    if fuses_time and time_dim is not None and not all(in_memory):
+    if fuses_time and time_dim is not None and not all(in_memory) and not rechunk_time:
         tchunks = arrays[0][0].chunks[0]
         if len(tchunks) > 1:
             raise ChunkingError(
@@ -306,16 +313,25 @@ def prepare_modality(
     else:
         ref = next(a for a, _ in arrays if isinstance(a, da.Array))
         chunks = ref.chunks
+        if fuses_time and rechunk_time and time_dim is not None and len(chunks[0]) > 1:
+            chunks = ((sum(chunks[0]),), *chunks[1:])  # few dates: one chunk is cheap
     bands: list[da.Array] = []
     nodatas: list[float | None] = []
     for data, nodata in arrays:
         d = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks[-data.ndim:])
-        if bands and d.chunks != bands[0].chunks[-d.ndim:]:
-            d = d.rechunk(bands[0].chunks[-d.ndim:])
+        target = bands[0].chunks[-d.ndim:] if bands else tuple(chunks[-d.ndim:])
+        if d.chunks != target:
+            d = d.rechunk(target)
         if time_dim is None:
             d = d[None]
         bands.append(d)
-        nodatas.append(float(nodata) if nodata is not None and np.isfinite(nodata) else None)
+        nodatas.append(nodata)
+    if mod.partial and len(wanted) < len(mod.bands):
+        # absent bands are missing data: NaN, generated per chunk (nothing is stored)
+        given = dict(zip(wanted, zip(bands, nodatas, strict=True), strict=True))
+        nan = da.full(bands[0].shape, np.nan, dtype=np.float32, chunks=bands[0].chunks)
+        bands = [given[b][0] if b in given else nan for b in mod.bands]
+        nodatas = [given[b][1] if b in given else None for b in mod.bands]
     vd = None
     if "valid" in ds.data_vars or "valid" in ds.coords:
         v = ds["valid"]
@@ -337,18 +353,45 @@ def prepare_modality(
         bands = [b[flip] for b in bands]
         vd = vd[flip] if vd is not None else None
     if all(in_memory):
-        _check_not_all_invalid(ds, names, what)
+        _check_not_all_invalid(ds, names, what, any_band=mod.partial)
     time = ds[time_dim].values if time_dim is not None else None
     return Cube(mod.name, bands, tuple(nodatas), vd, grid, time_dim, time, band_units, crs,
                 units_source, tuple(variables), flip_y, flip_x,
                 _units_check(mod, band_units, units_source, variables))
 
 
-def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str) -> None:
-    """For in-memory input, reject data with no usable pixel (cheap: no dask involved)."""
-    finite = np.ones(1, bool)
+def nodata_of(var: xr.DataArray, modality: str | None = None) -> float | None:
+    """The no-data value of a band: ``attrs["nodata"]`` or ``attrs["_FillValue"]``, the stored
+    ``_FillValue`` of integer values, else, for integer values of a modality in the table,
+    its default (Sentinel-2 DN 0: L2A writes 0 where there is no data)."""
+    nodata = var.attrs.get("nodata", var.attrs.get("_FillValue"))
+    integer = bool(np.issubdtype(var.dtype, np.integer))
+    if nodata is None and integer:
+        nodata = var.encoding.get("_FillValue")
+    if nodata is None and integer and modality is not None:
+        entry = _table_entry(modality)
+        nodata = entry.nodata if entry is not None else None
+    try:
+        value = float(nodata) if nodata is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and np.isfinite(value) else None
+
+
+def present_bands(available: Any, mod: ModalitySpec) -> tuple[str, ...]:
+    """The bands of ``mod`` (canonical names, model order) that ``available`` names hold."""
+    have = {canonical_band(str(n), mod.name) for n in available}
+    return tuple(b for b in mod.bands if b in have)
+
+
+def _check_not_all_invalid(ds: xr.Dataset, names: Mapping[str, str], what: str,
+                           any_band: bool = False) -> None:
+    """For in-memory input, reject data with no usable pixel (cheap: no dask involved); a
+    pixel is usable where all its bands are finite (``any_band``: where one is)."""
+    finite = np.zeros(1, bool) if any_band else np.ones(1, bool)
     for v in names.values():
-        finite = finite & np.isfinite(np.asarray(ds[v].values, dtype=np.float32))
+        ok = np.isfinite(np.asarray(ds[v].values, dtype=np.float32))
+        finite = (finite | ok) if any_band else (finite & ok)
     if "valid" in ds:
         finite = finite & (np.asarray(ds["valid"].values) > 0.5)
     if not finite.any():
@@ -375,11 +418,20 @@ def modality_objects(obj: Any, model_spec: ModelSpec) -> dict[str, xr.Dataset | 
                 f"{model_spec.name!r} takes modalities {list(names)}; name the nodes after them "
                 "(xsky.stack(s2=..., s1=..., hr=...) builds such a tree)"
             )
+    elif isinstance(obj, (xr.Dataset, xr.DataArray)) and any(
+            m.partial for m in model_spec.modalities) and len(names) > 1:
+        found = _split_modalities(obj, model_spec)
     elif isinstance(obj, (xr.Dataset, xr.DataArray)):
         found = {_pick_modality(obj, model_spec): obj}
     else:
         raise ArgumentError(
             f"xsky.embed needs an xarray DataArray, Dataset or DataTree, got {type(obj).__name__}"
+        )
+    if not found:
+        wanted = {m.name: list(m.bands) for m in model_spec.modalities}
+        raise BandMismatchError(
+            f"the input holds no band model {model_spec.name!r} takes ({wanted}); rename "
+            "variables to canonical names or aliases ('B2', 'blue', 'vv', ...)"
         )
     missing = [m for m in model_spec.required_modalities or () if m not in found]
     if missing:
@@ -387,6 +439,20 @@ def modality_objects(obj: Any, model_spec: ModelSpec) -> dict[str, xr.Dataset | 
             f"model {model_spec.name!r} needs modality {missing}, but the input has "
             f"{list(found)}; pass a DataTree with a node per modality"
         )
+    return found
+
+
+def _split_modalities(obj: xr.Dataset | xr.DataArray, model_spec: ModelSpec
+                      ) -> dict[str, xr.Dataset | xr.DataArray]:
+    """One Dataset per modality whose bands ``obj`` holds (models taking partial bands of
+    several modalities from one Dataset: e.g. S2 and S1 variables side by side)."""
+    ds = _as_dataset(obj, model_spec.modalities[0]) if isinstance(obj, xr.DataArray) else obj
+    found: dict[str, xr.Dataset | xr.DataArray] = {}
+    for mod in model_spec.modalities:
+        held = [str(v) for v in ds.data_vars if v != "valid"
+                and canonical_band(str(v), mod.name) in mod.bands]
+        if held:
+            found[mod.name] = ds[[*held, *(["valid"] if "valid" in ds.data_vars else [])]]
     return found
 
 
@@ -426,5 +492,42 @@ def prepare_cubes(obj: Any, model_spec: ModelSpec, *, units: Any = None) -> dict
                 objs[mod.name], mod, fuses_time=model_spec.fuses_time,
                 units=(units or {}).get(mod.name),
                 what=f"modality {mod.name!r}" if len(objs) > 1 else "the input",
+                rechunk_time=model_spec.max_timesteps is not None,
             )
+    _check_time_axes(cubes, model_spec)
     return cubes
+
+
+def _check_time_axes(cubes: Mapping[str, Cube], spec: ModelSpec) -> None:
+    """Models with a bounded number of dates, or one time axis shared by all modalities,
+    get inputs that fit, or an error that says how to composite."""
+    fix = ("composite the dates into periods first, e.g. xsky.composite(obj, freq='MS') "
+           "for monthly composites")
+    if spec.max_timesteps is not None:
+        for c in cubes.values():
+            n_t = c.bands[0].shape[0]
+            if c.time_dim is not None and n_t > spec.max_timesteps:
+                raise DimensionError(
+                    f"modality {c.name!r} has {n_t} dates but model {spec.name!r} takes at most "
+                    f"{spec.max_timesteps}; {fix} and select at most {spec.max_timesteps} "
+                    "of them (e.g. .isel(time=slice(0, 12)))"
+                )
+    if spec.shared_time and len(cubes) > 1:
+        timed = [c for c in cubes.values() if c.time_dim is not None]
+        untimed = [c.name for c in cubes.values() if c.time_dim is None
+                   and not (_table_entry(c.name) or _NOT_STATIC).static]
+        if timed and untimed:
+            raise DimensionError(
+                f"model {spec.name!r} puts all modalities on one time axis, but {untimed} "
+                "have no 'time' dimension; give every modality the same dates"
+            )
+        first = timed[0] if timed else None
+        for c in timed[1:]:
+            assert first is not None
+            if c.time.shape != first.time.shape or not np.array_equal(c.time, first.time):
+                raise DimensionError(
+                    f"model {spec.name!r} puts all modalities on one time axis, but modality "
+                    f"{c.name!r} has {len(c.time)} dates that differ from the {len(first.time)} "
+                    f"of {first.name!r}; {fix} (a DataTree is composited node by node onto "
+                    "the same periods)"
+                )

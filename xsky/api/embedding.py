@@ -8,6 +8,7 @@ build the dask graph of block kernels → wrap the result as a georeferenced Dat
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,8 @@ import xarray as xr
 
 from .. import _coerce
 from .._version import __version__
-from ..exceptions import AlignmentError, ArgumentError, DimensionError
-from ..geo import GridInfo, write_crs
+from ..exceptions import AlignmentError, ArgumentError, CRSError, DimensionError
+from ..geo import GridInfo, _wkt, write_crs
 from ..modalities import conversion
 
 if TYPE_CHECKING:
@@ -125,6 +126,13 @@ def _as_datetimes(time: Any, modality: str) -> Any:
         "with decode_times=True), or assign datetimes with "
         "ds.assign_coords(time=pd.to_datetime(...))"
     )
+
+
+def _months(time: Any, modality: str) -> tuple[int, ...] | None:
+    """Month (0 = January) of each date; ``None`` for a modality without a time axis."""
+    if time is None:
+        return None
+    return tuple(int(m) - 1 for m in _as_datetimes(time, modality).month)
 
 
 def _day_of_year(time: Any, modality: str) -> tuple[int, ...] | None:
@@ -289,15 +297,26 @@ def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device
             continue
         cube = cubes[m.name]
         doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
+        month = _months(cube.time, m.name) if spec.fuses_time else None
         mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor,
                                   conversion(cube.units, m.units, m.name), m.mean, m.std, doy,
-                                  cube.nodata, cube.valid is not None, cube.units_check))
+                                  month, cube.nodata, cube.valid is not None, cube.units_check))
         n_t = cube.bands[0].shape[0]
         tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
         for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
             arrays.append(chunk_with_halo(a, plan.py, plan.px, m.grid_factor, tch))
+    grid = crs_wkt = None
+    if spec.location is not None:
+        if plan.crs is None:
+            raise CRSError(
+                f"model {spec.name!r} encodes each window's location, which needs the cube's "
+                "CRS; set one with ds.rio.write_crs('EPSG:...') (or pass location=False)"
+            )
+        grid = (float(plan.ref.y0), float(plan.ref.dy), float(plan.ref.x0), float(plan.ref.dx))
+        crs_wkt = _wkt(plan.crs)
     task = BlockTask(net.ref, tuple(mods), plan.py, plan.px, spec.fuses_time, spec.output,
-                     spec.feature_dim, device, batch_size, precision, edge)
+                     spec.feature_dim, device, batch_size, precision, edge, spec.band_mask,
+                     spec.location, grid, crs_wkt)
     return task, arrays
 
 
@@ -378,7 +397,8 @@ def _valid_fraction(cubes: Mapping[str, Cube], spec: ModelSpec, py: AxisPlan, px
             continue
         cube = cubes[m.name]
         f = build(cube.bands, cube.valid, cube.nodata, spec.stride * m.grid_factor,
-                  py.out_chunks, px.out_chunks)
+                  py.out_chunks, px.out_chunks, spec.band_mask,
+                  conversion(cube.units, m.units, m.name))
         if spec.fuses_time:
             fracs.append(f.mean(axis=0) * f.shape[0])
             weights.append(f.shape[0])
@@ -400,9 +420,15 @@ def _provenance(net: EmbeddingModel, spec: ModelSpec, edge: str, overlap: int,
             for m in mods}
     inputs = {m.name: cubes[m.name].units for m in mods} if cubes else {}
     sources = {m.name: cubes[m.name].units_source for m in mods} if cubes else {}
+    ref = getattr(net, "ref", None)
+    files = {os.path.basename(f): d for f, d in getattr(ref, "files", ())}
+    options = dict(getattr(ref, "overrides", ()))
     return {
         "model": spec.name,
         "weights_sha256": net.weights_sha256,
+        # each weight file's own digest (what model cards pin) and the model options
+        "weights_files": json.dumps(files),
+        "model_options": json.dumps(options, default=str),
         "xsky_version": __version__,
         "window": spec.window,
         "stride": spec.stride,

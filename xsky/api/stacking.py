@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from .. import modalities
-from ..exceptions import AlignmentError, ArgumentError, DimensionError
+from ..exceptions import AlignmentError, ArgumentError, DimensionError, format_choices
 from ..geo import get_crs, grid_info, spatial_dims, write_crs
 from ..modalities import canonical_band
 
@@ -85,6 +85,7 @@ def stack(
     *,
     resampling: str = "bilinear",
     stac_options: dict[str, Any] | None = None,
+    **layers: Any,
 ) -> xr.DataTree:
     """Combine modalities into one DataTree on the Sentinel-2 grid.
 
@@ -105,11 +106,16 @@ def stack(
         Any modality may also be given as STAC items (anything :func:`xsky.load_stac`
         reads); they are loaded with these options, S2 first, then S1 ``like=`` the S2 cube,
         so S1 lands on the S2 grid directly.
+    **layers
+        Further modalities of the table (:func:`xsky.modalities.names`), e.g. ``era5=``,
+        ``srtm=``, ``dw=`` for Presto: aligned onto the reference grid like S1 (class labels
+        such as Dynamic World with nearest-neighbour resampling).
 
     Returns
     -------
     xarray.DataTree
-        Nodes ``s2``, ``s1``, ``hr`` (those given), each with its own time axis.
+        One node per modality given (``s2``, ``s1``, ``hr``, ...), each with its own time
+        axis.
 
     Raises
     ------
@@ -121,9 +127,17 @@ def stack(
         on another footprint, or not exactly 32x finer (``HR_FACTOR``, the table's
         ``grid_factor``).
     """
-    given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr}.items() if v is not None}
+    unknown = [k for k in layers if k not in modalities.names()]
+    if unknown:
+        raise ArgumentError(
+            f"stack() got {unknown[0]}=, which is not a modality xsky knows; use one of "
+            f"{format_choices(modalities.names())} (add one with "
+            "xsky.modalities.register_modality)"
+        )
+    given = {k: v for k, v in {"s2": s2, "s1": s1, "hr": hr, **layers}.items()
+             if v is not None}
     if not given:
-        raise ArgumentError("stack() needs at least one of s2=, s1=, hr=")
+        raise ArgumentError("stack() needs at least one of s2=, s1=, hr= (or another modality)")
     factor = {k: modalities.get(k).grid_factor for k in given}
     # the reference grid: the first modality given that lies on the Sentinel-2 grid
     ref_name = next((k for k in given if factor[k] == 1), None)
@@ -149,7 +163,8 @@ def stack(
             if factor[name] == factor[ref_name]:
                 # same pixel size: resampled lazily onto the reference grid
                 _check_overlap(nodes[name], name, ref, ref_name)
-                nodes[name] = write_crs(_align(nodes[name], ref, resampling), crs)
+                how = modalities.get(name).resampling or resampling
+                nodes[name] = write_crs(_align(nodes[name], ref, how), crs)
             else:
                 _check_finer_grid(nodes[name], name, ref, ref_name,
                                   factor[name] // factor[ref_name], crs)

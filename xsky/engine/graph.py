@@ -13,7 +13,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .kernel import BlockTask, assemble_block, run_block
+from ..modalities import Conversion
+from .kernel import BlockTask, assemble_block, domain_valid, run_block
 from .plan import AxisPlan
 
 __all__ = ["build_embedding", "build_valid_fraction", "check_resources", "chunk_with_halo",
@@ -197,9 +198,12 @@ def restrict_on_cluster(out: da.Array, resources: Mapping[str, float], client: A
 
 
 def _cell_fraction(*blocks: np.ndarray, nodata: tuple[float | None, ...], has_valid: bool,
-                   s: int) -> np.ndarray:
+                   s: int, any_band: bool = False, conversion: Conversion | None = None
+                   ) -> np.ndarray:
     """Fraction of valid pixels in each ``s`` x ``s`` cell of a block."""
-    _, valid = assemble_block(blocks, nodata, has_valid)
+    buf, valid = assemble_block(blocks, nodata, has_valid, any_band)
+    if conversion is not None:
+        valid = domain_valid(buf, valid, conversion, any_band)
     t, h, w = valid.shape
     ny, nx = -(-h // s), -(-w // s)
     pad = ((0, 0), (0, ny * s - h), (0, nx * s - w))
@@ -211,8 +215,12 @@ def _cell_fraction(*blocks: np.ndarray, nodata: tuple[float | None, ...], has_va
 
 def build_valid_fraction(bands: Sequence[da.Array], valid: da.Array | None,
                          nodata: tuple[float | None, ...], cell: int,
-                         out_chunks_y: Sequence[int], out_chunks_x: Sequence[int]) -> da.Array:
-    """Lazy ``(T, Yo, Xo)`` fraction of valid input pixels under each output pixel."""
+                         out_chunks_y: Sequence[int], out_chunks_x: Sequence[int],
+                         any_band: bool = False, conversion: Conversion | None = None
+                         ) -> da.Array:
+    """Lazy ``(T, Yo, Xo)`` fraction of valid input pixels under each output pixel (a pixel
+    is valid where all its bands are, or with ``any_band`` where any is, and where the
+    ``conversion`` to the model's units is defined)."""
     ref = bands[0]
     ych = tuple(c * cell for c in out_chunks_y)
     xch = tuple(c * cell for c in out_chunks_x)
@@ -225,6 +233,7 @@ def build_valid_fraction(bands: Sequence[da.Array], valid: da.Array | None,
         arrays.append(valid.rechunk(chunks))
     frac: da.Array = da.map_blocks(
         _cell_fraction, *arrays, nodata=nodata, has_valid=valid is not None, s=cell,
+        any_band=any_band, conversion=conversion,
         chunks=(ref.chunks[0], tuple(out_chunks_y), tuple(out_chunks_x)), dtype=np.float32,
         meta=np.empty((0, 0, 0), np.float32), token="xsky-valid-fraction",
     )

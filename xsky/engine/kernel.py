@@ -38,6 +38,7 @@ class ModalityInput:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     doy: tuple[int, ...] | None = None  # per date, for time-fusing models
+    month: tuple[int, ...] | None = None  # per date, 0 = January
     nodata: tuple[float | None, ...] = ()  # per band: a value that marks missing data
     has_valid: bool = False  # whether a valid-mask array follows the band arrays
     units_check: UnitsCheck | None = None  # plausibility of the input units, per block
@@ -58,10 +59,15 @@ class BlockTask:
     batch_size: int
     precision: str
     edge: str = "reflect"
+    band_mask: bool = False  # per-band validity (ModelSpec.band_mask)
+    location: str | None = None  # "window" | "pixel": pass (lat, lon) (ModelSpec.location)
+    grid: tuple[float, float, float, float] | None = None  # reference (y0, dy, x0, dx)
+    crs_wkt: str | None = None
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xsky.BlockTask", self.ref.__dask_tokenize__(), self.modalities, self.plan_y,
-                self.plan_x, self.device, self.batch_size, self.precision, self.edge)
+                self.plan_x, self.device, self.batch_size, self.precision, self.edge,
+                self.band_mask, self.location, self.grid, self.crs_wkt)
 
 
 @dataclass
@@ -75,19 +81,27 @@ class _Gathered:
     n_items: int
     n_windows: tuple[int, int]
     n_t: int
+    latlon: Any = None  # (items, 2) or (items, 2, W, W) float64 tensor, or None
 
 
-def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, Any]:
+def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any, band_mask: bool = False
+               ) -> tuple[Any, Any, Any]:
     """Units, normalisation and fill for a batch of raw windows (on the model's device).
 
     ``xb`` is ``(B, C, ...)`` and ``vb`` the matching ``(B, ...)`` valid flags (already
-    false where a band is not finite); invalid pixels become 0, the band mean after
-    normalisation.
+    false where a band is not finite, or with ``band_mask`` where no band is). Returns the
+    values, the pixel flags and, with ``band_mask``, the ``(B, C, ...)`` per-band flags
+    (else ``None``). Invalid values become 0, the band mean after normalisation.
     """
     conv = mod.conversion
+    zero = torch.zeros((), dtype=xb.dtype, device=xb.device)
+    band_ok = (torch.isfinite(xb) & vb[:, None]) if band_mask else None
     defined = conv.valid(xb)
     if defined is not None:  # e.g. non-positive backscatter has no dB value: invalid
-        vb = vb & defined.all(dim=1)
+        if band_ok is not None:
+            band_ok = band_ok & defined
+        else:
+            vb = vb & defined.all(dim=1)
         xb = torch.where(defined, xb, 1.0)
     xb = conv.apply(xb)
     if mod.mean is not None:
@@ -95,15 +109,17 @@ def _normalise(xb: Any, vb: Any, mod: ModalityInput, torch: Any) -> tuple[Any, A
         mean = torch.tensor(mod.mean, dtype=xb.dtype, device=xb.device).view(shape)
         std = torch.tensor(mod.std, dtype=xb.dtype, device=xb.device).view(shape)
         xb = (xb - mean) / std
-    xb = torch.where(vb[:, None], xb, torch.zeros((), dtype=xb.dtype, device=xb.device))
-    return xb, vb
+    if band_ok is not None:
+        vb = band_ok.any(dim=1)
+        return torch.where(band_ok, xb, zero), vb, band_ok
+    return torch.where(vb[:, None], xb, zero), vb, None
 
 
 def assemble_block(blocks: Sequence[np.ndarray], nodata: Sequence[float | None],
-                   has_valid: bool) -> tuple[np.ndarray, np.ndarray]:
+                   has_valid: bool, any_band: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One modality's band blocks ``(T, H, W)`` (and valid block) as a float32 buffer
     ``(T, C, H, W)`` with NaN at nodata, and a valid mask that is also false where any band
-    is not finite."""
+    (``any_band``: every band) is not finite."""
     n = len(blocks) - has_valid
     t, h, w = blocks[0].shape
     buf = np.empty((t, n, h, w), np.float32)
@@ -111,10 +127,23 @@ def assemble_block(blocks: Sequence[np.ndarray], nodata: Sequence[float | None],
         buf[:, i] = blocks[i]
         if nodata and nodata[i] is not None:
             buf[:, i][blocks[i] == nodata[i]] = np.nan
-    valid: np.ndarray = np.asarray(np.isfinite(buf).all(axis=1))
+    finite = np.isfinite(buf)
+    valid: np.ndarray = np.asarray(finite.any(axis=1) if any_band else finite.all(axis=1))
     if has_valid:
         valid &= blocks[n].astype(bool, copy=False)
     return buf, valid
+
+
+def domain_valid(buf: np.ndarray, valid: np.ndarray, conversion: Conversion,
+                 any_band: bool = False) -> np.ndarray:
+    """``valid`` also false where the conversion to the model's units is undefined (linear
+    backscatter <= 0 has no dB value) for all bands (``any_band``: for every band)."""
+    defined = conversion.valid(buf)
+    if defined is None:
+        return valid
+    ok = defined & np.isfinite(buf)
+    out: np.ndarray = valid & (ok.any(axis=1) if any_band else ok.all(axis=1))
+    return out
 
 
 def _pad_edges(buf: np.ndarray, valid: np.ndarray, pads: tuple[tuple[int, int], ...], edge: str
@@ -171,9 +200,11 @@ def gather(blocks: Sequence[np.ndarray], task: BlockTask, by: int, bx: int) -> _
     for mod in task.modalities:
         g = mod.grid_factor
         n_in = mod.n_bands + mod.has_valid
-        buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid)
+        buf, flag_np = assemble_block(blocks[pos:pos + n_in], mod.nodata, mod.has_valid,
+                                      task.band_mask)
         pos += n_in
         check_units(buf, flag_np, mod.units_check)  # on the valid pixels actually read
+        flag_np = domain_valid(buf, flag_np, mod.conversion, task.band_mask)
         (ylo, yhi), (xlo, xhi) = py.edge_pads(by), px.edge_pads(bx)
         buf, flag_np = _pad_edges(buf, flag_np, ((ylo * g, yhi * g), (xlo * g, xhi * g)),
                                   task.edge)
@@ -199,8 +230,43 @@ def gather(blocks: Sequence[np.ndarray], task: BlockTask, by: int, bx: int) -> _
         v, va = views[0], valids[0]
         wins = [v.permute(0, 2, 3, 1, 4, 5).reshape(-1, v.shape[1], *v.shape[4:])]
         flags = [va.reshape(-1, *va.shape[3:])]
+    latlon = None
+    if task.location is not None and task.fuses_time:
+        latlon = torch.from_numpy(window_latlon(task, (k0y, k1y), (k0x, k1x)))
     return _Gathered(wins, flags, footprints, int(wins[0].shape[0]), (nwy, nwx),
-                     int(blocks[0].shape[0]))
+                     int(blocks[0].shape[0]), latlon)
+
+
+def window_latlon(task: BlockTask, wy: tuple[int, int], wx: tuple[int, int]) -> np.ndarray:
+    """(lat, lon) in degrees of the windows ``wy`` x ``wx`` (global indices), items in
+    ``(ky, kx)`` order: ``(items, 2)`` at window centres (``task.location == "window"``) or
+    ``(items, 2, W, W)`` at every reference pixel (``"pixel"``); pixels past the array's
+    edge get the coordinates the regular grid extends to."""
+    from ..geo import lonlat_transformer
+
+    if task.grid is None or task.crs_wkt is None:
+        raise ModelError("the model takes locations, but the task carries no grid and CRS")
+    y0, dy, x0, dx = task.grid
+    py, px = task.plan_y, task.plan_x
+    ky = np.arange(*wy)[:, None]
+    kx = np.arange(*wx)[:, None]
+    # reference-grid pixel positions (float) of window centres, or of every window pixel
+    if task.location == "window":
+        oy, ox = np.array([(py.window - 1) / 2.0]), np.array([(px.window - 1) / 2.0])
+    else:
+        oy, ox = np.arange(py.window, dtype=float), np.arange(px.window, dtype=float)
+    iy = (ky * py.core - py.margin_lo) + oy[None, :]
+    ix = (kx * px.core - px.margin_lo) + ox[None, :]
+    ys, xs = y0 + iy * dy, x0 + ix * dx  # (nwy, p), (nwx, p)
+    yy = np.broadcast_to(ys[:, None, :, None], (ys.shape[0], xs.shape[0], ys.shape[1], xs.shape[1]))
+    xx = np.broadcast_to(xs[None, :, None, :], yy.shape)
+    lon, lat = lonlat_transformer(task.crs_wkt).transform(np.ascontiguousarray(xx),
+                                                          np.ascontiguousarray(yy))
+    out = np.stack([np.asarray(lat, np.float64), np.asarray(lon, np.float64)], axis=2)
+    n = out.shape[0] * out.shape[1]
+    if task.location == "window":
+        return out.reshape(n, 2)
+    return out.reshape(n, 2, py.window, px.window)
 
 
 def run_batches(g: _Gathered, task: BlockTask) -> np.ndarray:
@@ -223,20 +289,30 @@ def run_batches(g: _Gathered, task: BlockTask) -> np.ndarray:
     # date tensors once per block, not per batch
     doys = [None if mod.doy is None else torch.as_tensor(mod.doy, dtype=torch.int64).to(device)
             for mod in task.modalities]
+    months = [None if mod.month is None else
+              torch.as_tensor(mod.month, dtype=torch.int64).to(device) for mod in task.modalities]
     out = np.empty((g.n_items, out_w, out_w, task.feature_dim), np.float32)
     keep = slice(py.margin_lo // s, py.margin_lo // s + out_w) if task.output == "dense" else None
     with torch.inference_mode(), (lock or contextlib.nullcontext()):
         for start in range(0, g.n_items, task.batch_size):
             stop = min(start + task.batch_size, g.n_items)
             inputs: dict[str, Any] = {}
-            for w, f, doy, mod in zip(g.windows, g.flags, doys, task.modalities, strict=True):
+            for w, f, doy, month, mod in zip(g.windows, g.flags, doys, months,
+                                              task.modalities, strict=True):
                 xb = w[start:stop].to(device, non_blocking=True)
-                xb, vb = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod, torch)
+                xb, vb, bv = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod,
+                                        torch, task.band_mask)
                 inputs[mod.name] = xb
+                if bv is not None:
+                    inputs[mod.name + "_band_valid"] = bv
                 if task.fuses_time:
                     inputs[mod.name + "_valid"] = vb
                     if doy is not None:  # None: no time axis, so no date to encode
                         inputs[mod.name + "_doy"] = doy.expand(stop - start, -1)
+                    if month is not None:
+                        inputs[mod.name + "_month"] = month.expand(stop - start, -1)
+            if g.latlon is not None:
+                inputs["latlon"] = g.latlon[start:stop].to(device)
             with amp:
                 y = model.embed_windows(inputs)
             y = _check_output(y, stop - start, task, torch).float()

@@ -4,7 +4,7 @@ The contract (:class:`ModelSpec`, :class:`ModalitySpec`, :class:`ModelRef`) and 
 cards (:class:`ModelCard`, :class:`WeightFile`) import without torch. Everything else (the
 registry, :class:`EmbeddingModel`, :func:`wrap`, the bundled models) needs torch
 (``pip install 'xsky[torch]'``) and is imported on first use; the first use also registers
-the bundled models (test-tiny, satclip-*, skysense-*).
+the bundled models (test-tiny, satclip-*, skysense-*, galileo-*, presto).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from .spec import LocationRef, ModalitySpec, ModelRef, ModelSpec
 if TYPE_CHECKING:
     from ._base import EmbeddingModel, state_dict_sha256
     from ._checkpoint import LoadReport, file_sha256, load_checkpoint, load_weights
+    from ._download import cached_weights, weights_cache_dir
     from ._registry import (
         create_model,
+        download_weights,
         get_model_card,
         get_model_spec,
         list_models,
@@ -38,7 +40,9 @@ __all__ = [
     "ModelSpec",
     "WeightFile",
     "WrappedModel",
+    "cached_weights",
     "create_model",
+    "download_weights",
     "file_sha256",
     "get_model_card",
     "get_model_spec",
@@ -48,6 +52,7 @@ __all__ = [
     "model_options",
     "register_model",
     "state_dict_sha256",
+    "weights_cache_dir",
     "wrap",
 ]
 
@@ -58,6 +63,9 @@ _LAZY = {
     "file_sha256": "_checkpoint",
     "load_checkpoint": "_checkpoint",
     "load_weights": "_checkpoint",
+    "cached_weights": "_download",
+    "download_weights": "_registry",
+    "weights_cache_dir": "_download",
     "create_model": "_registry",
     "get_model_card": "_registry",
     "get_model_spec": "_registry",
@@ -68,8 +76,9 @@ _LAZY = {
     "wrap": "_wrap",
 }
 # importing these registers the bundled models
-_BUNDLED = ("_tiny", "satclip", "skysense")
-_TORCH_SUBMODULES = {*_BUNDLED, "_base", "_checkpoint", "_registry", "_wrap", "_resnet", "_sh",
+_BUNDLED = ("_tiny", "satclip", "skysense", "galileo", "presto")
+_TORCH_SUBMODULES = {*_BUNDLED, "_base", "_checkpoint", "_download", "_registry", "_wrap",
+                     "_resnet", "_sh",
                      "_skysense_vit", "_swinv2", "_vit_timm"}
 
 

@@ -28,8 +28,8 @@ from ._checkpoint import file_sha256, pin_unless_pinned
 from .card import ModelCard
 from .spec import ModelSpec
 
-__all__ = ["create_model", "get_model_card", "get_model_spec", "list_models", "model_options",
-           "register_model"]
+__all__ = ["create_model", "download_weights", "get_model_card", "get_model_spec", "list_models",
+           "model_options", "register_model"]
 
 Factory = Callable[..., EmbeddingModel]
 
@@ -235,9 +235,12 @@ def create_model(
     name
         Registry name; see :func:`list_models`.
     weights
-        Path to a local weights file (or directory, for models split over files). Without
-        weights a model gets a deterministic initialisation seeded from its name, so every
-        process builds the same model.
+        Path to a local weights file (or directory, for models split over files), or
+        ``"download"``: fetch the files from the model card's pinned URLs into the weights
+        cache (:func:`xsky.models.weights_cache_dir`), checked against the card's sha256.
+        Without weights, a verified earlier download is used if there is one; otherwise the
+        model gets a deterministic initialisation seeded from its name, so every process
+        builds the same model.
     **overrides
         Model-specific options (e.g. ``window``, ``stride``); :func:`model_options` lists
         them.
@@ -261,6 +264,12 @@ def create_model(
     if unknown and not takes_any:
         raise _unknown_option_error(name, unknown, valid)
     wpath: str | None = None
+    if isinstance(weights, str) and weights == "download":
+        weights = download_weights(name)
+    elif weights is None and entry.card is not None:
+        from ._download import cached_weights
+
+        weights = cached_weights(entry.card)  # a verified earlier download, if any
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.exists():
@@ -301,6 +310,44 @@ def create_model(
     if files:
         model.ref = dataclasses.replace(model.ref, files=files)
     return model
+
+
+def download_weights(name: str | ModelCard, *, cache_dir: str | os.PathLike[str] | None = None,
+                     timeout: float = 60.0) -> Path:
+    """Download a model's weight files from its card's pinned URLs into the weights cache,
+    checked against the card's sha256 (done once: a verified copy is reused).
+
+    Parameters
+    ----------
+    name
+        A registered model name (or its :class:`ModelCard`).
+    cache_dir
+        Cache root (default :func:`xsky.models.weights_cache_dir`: ``$XSKY_WEIGHTS_DIR``,
+        else ``~/.cache/xsky/weights``).
+    timeout
+        Seconds to wait for the server.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding the files; ``create_model(name)`` then finds it by itself.
+
+    Raises
+    ------
+    CheckpointError
+        The card pins no URL or digest, the download failed, or a digest differs (the
+        partial file is removed).
+
+    Examples
+    --------
+    >>> import xsky.models as xm
+    >>> folder = xm.download_weights("galileo-nano")  # doctest: +SKIP
+    >>> model = xm.create_model("galileo-nano", weights=folder)  # doctest: +SKIP
+    """
+    from ._download import fetch_weights
+
+    card = name if isinstance(name, ModelCard) else get_model_card(name)
+    return fetch_weights(card, cache_dir=cache_dir, timeout=timeout)
 
 
 def _weights_digest(path: str) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -19,7 +19,7 @@ from ..modalities import UNITS
 
 __all__ = ["LocationRef", "ModalitySpec", "ModelRef", "ModelSpec"]
 
-Units = Literal["reflectance", "dn", "db", "linear", "rgb255"]
+Units = Literal["reflectance", "dn", "db", "linear", "rgb255", "native"]
 _UNITS = tuple(sorted(set(UNITS.values())))
 
 
@@ -42,6 +42,9 @@ class ModalitySpec:
     grid_factor
         Pixels of this modality per pixel of the reference (output) grid along each axis;
         SkySense HR imagery is 32x finer than Sentinel-2.
+    partial
+        ``True`` if any non-empty subset of ``bands`` may be given: absent bands reach the
+        model as missing (needs a model with ``band_mask``); ``False``: all are required.
     """
 
     name: str
@@ -50,6 +53,7 @@ class ModalitySpec:
     std: tuple[float, ...] | None = None
     units: Units = "reflectance"
     grid_factor: int = 1
+    partial: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", tuple(self.bands))
@@ -108,7 +112,18 @@ class ModelSpec:
     default_batch_size
         Windows per forward pass when ``batch_size=None``.
     required_modalities
-        Modalities that must be present; by default only the first.
+        Modalities that must be present; by default only the first; ``()``: any one of them.
+    band_mask
+        ``True``: the model gets per-band validity (``inputs[m + "_band_valid"]``) and the
+        valid bands of a pixel even where another of its bands is missing; ``False``: a pixel
+        is valid only where all its bands are.
+    location
+        ``"window"``: the model gets the (lat, lon) of each window's centre as
+        ``inputs["latlon"]``; ``"pixel"``: of every pixel; ``None``: no location.
+    max_timesteps
+        Most dates a time-fusing model takes; more raise an error that says to composite.
+    shared_time
+        ``True`` if all modalities must share one time axis (one token per date).
     meta
         Model-card facts (licence, paper, weight files, ...); informative only.
     """
@@ -123,6 +138,10 @@ class ModelSpec:
     dtype: str = "float32"
     default_batch_size: int = 32
     required_modalities: tuple[str, ...] | None = None
+    band_mask: bool = False
+    location: Literal["window", "pixel"] | None = None
+    max_timesteps: int | None = None
+    shared_time: bool = False
     meta: Any = field(default=(), compare=False)  # a mapping, stored as sorted items
 
     def __post_init__(self) -> None:
@@ -149,6 +168,23 @@ class ModelSpec:
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ArgumentError(f"model {self.name!r}: duplicate modality names {names}")
+        if self.location not in (None, "window", "pixel"):
+            raise ArgumentError(
+                f"model {self.name!r}: location must be None, 'window' or 'pixel', got "
+                f"{self.location!r}"
+            )
+        if self.max_timesteps is not None and (
+                not isinstance(self.max_timesteps, int) or self.max_timesteps < 1):
+            raise ArgumentError(
+                f"model {self.name!r}: max_timesteps must be a positive integer or None, got "
+                f"{self.max_timesteps!r}"
+            )
+        partial = [m.name for m in self.modalities if m.partial]
+        if partial and not self.band_mask:
+            raise ArgumentError(
+                f"model {self.name!r}: modalities {partial} take partial bands, which only a "
+                "model with band_mask=True can tell apart from missing data"
+            )
         req = self.required_modalities
         if req is None:
             req = (names[0],)
