@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from xsky.models import EmbeddingModel, ModalitySpec, ModelSpec
 
 # Keep torch from oversubscribing the 2-core CI machine when dask runs tasks in threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# never read or write a user's weights cache: create_model(name) without weights would
+# otherwise pick up an earlier download (tests pass weights explicitly)
+os.environ["XSKY_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="xsky-test-weights-")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the shared data folder: ``$XSKY_SHARED`` if set, else ``../shared`` beside the repository

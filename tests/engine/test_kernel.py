@@ -397,3 +397,16 @@ def test_the_kernel_computes_nothing_until_asked(window_mean):
         emb = xsky.embed(ds, window_mean)
     (vals,) = dask.compute(emb.data)
     assert np.isfinite(vals).all()
+
+
+def test_hr_blocks_borrow_halos_on_the_hr_grid():
+    """Chunked HR input with overlapping windows: each chunk borrows a halo 32x the
+    Sentinel-2 one, and the result is the unchunked one."""
+    hr = _hr(9, 7, seed=3)
+    model = HRMean().set_ref(None)
+    want = np.stack([hr[b].values[0].astype("float64").reshape(9, 32, 7, 32).mean((1, 3))
+                     for b in ("red", "green", "blue")], -1)
+    for chunks in (None, {"y": 3 * 32, "x": 2 * 32}, {"y": 4 * 32, "x": 5 * 32}):
+        src = hr.chunk(chunks) if chunks else hr
+        emb = xsky.embed(src, model, overlap=1).values[0]
+        np.testing.assert_allclose(emb, want, rtol=1e-6)
