@@ -107,12 +107,13 @@ def test_non_positive_linear_backscatter_reaches_the_model_as_an_invalid_zero():
     lin = _s1(16, 16, 1)
     lin["VV"].values[0, 0, 1] = 0.0  # no dB value
     lin["VH"].values[0, 4, 4] = -1e-4  # noise-removal residue
+    lin["valid"].values[0, 6, 7] = False  # masked, with positive (convertible) values
     mean, std = (-10.0, -15.0), (5.0, 4.0)  # so that the fill (0) is not the dB of 1.0
     model = _mean2(["VV", "VH"], modality="s1", units="db", normalize=(mean, std))
     emb = xsky.embed(lin, model).values[0]
     db = np.stack([(10 * np.log10(np.clip(lin[b].values[0], 1e-30, None)) - mean[i]) / std[i]
                    for i, b in enumerate(("VV", "VH"))], -1)
-    db[0, 1] = db[4, 4] = 0.0  # the whole pixel is filled, every band
+    db[0, 1] = db[4, 4] = db[6, 7] = 0.0  # the whole pixel is filled, every band
     np.testing.assert_allclose(emb, db.reshape(8, 2, 8, 2, 2).mean(axis=(1, 3)), rtol=1e-5,
                                atol=1e-5)
 
@@ -318,8 +319,40 @@ def test_batches_that_do_not_divide_the_windows_give_the_same_result(batch_size,
 # ---- the wrong output shape, and the pieces on their own ----------------------------------------
 
 
+class Returns(EmbeddingModel):
+    """A dense model (window 16, stride 4, 16 features) returning whatever it is given."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.spec = ModelSpec(name="returns", modalities=(ModalitySpec("s2", ("B02", "B03")),),
+                              window=16, stride=4, feature_dim=16)
+        self.make = make
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def embed_windows(self, inputs: Mapping[str, torch.Tensor]):
+        return self.make(inputs["s2"].shape[0])
+
+
+@pytest.mark.parametrize("make", [lambda n: torch.zeros(n, 15, 4, 4),
+                                  lambda n: torch.zeros(n, 16, 4, 4, 1),
+                                  lambda n: torch.zeros(n, 16, 2, 2),
+                                  lambda n: torch.zeros(n + 1, 16, 4, 4)],
+                         ids=["features", "ndim", "size", "batch"])
+def test_a_model_returning_the_wrong_shape_is_named(make):
+    ds = synthetic_s2_cube(16, 16, 1, bands=("B02", "B03"))
+    with pytest.raises(xsky.ModelError, match=r"model 'returns' returned \(\d+, .* for a batch "
+                                              r"of \d+ windows; expected \(\d+, 16, 4, 4\)"):
+        xsky.embed(ds, Returns(make).set_ref(None)).compute()
+
+
+def test_a_model_returning_no_tensor_is_named():
+    ds = synthetic_s2_cube(16, 16, 1, bands=("B02", "B03"))
+    with pytest.raises(xsky.ModelError, match=r"returned list for a batch of 1 windows"):
+        xsky.embed(ds, Returns(lambda n: [0.0] * n).set_ref(None)).compute()
+
+
 @pytest.mark.parametrize("shape", [(15, 4, 4), (2, 16, 4, 4), (16, 2, 2)])
-def test_a_model_returning_the_wrong_shape_is_named(shape):
+def test_a_wrapped_module_returning_the_wrong_shape_is_named(shape):
     class Wrong(torch.nn.Module):
         def forward(self, x):
             return torch.zeros((x.shape[0], *shape))
@@ -410,3 +443,49 @@ def test_hr_blocks_borrow_halos_on_the_hr_grid():
         src = hr.chunk(chunks) if chunks else hr
         emb = xsky.embed(src, model, overlap=1).values[0]
         np.testing.assert_allclose(emb, want, rtol=1e-6)
+
+
+# ---- locations handed to models that take them (lead's engine: ModelSpec.location) ---------
+
+
+class Where(EmbeddingModel):
+    """Time-fusing probe (window 8, stride 2): every output pixel holds the (lat, lon) the
+    kernel gave its window (``location="window"``) or its own pixel (``"pixel"``)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__()
+        self.spec = ModelSpec(name="where", modalities=(ModalitySpec("s2", ("B02",)),),
+                              window=8, stride=2, feature_dim=2, fuses_time=True,
+                              location=location)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def embed_windows(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ll = inputs["latlon"].float()
+        if ll.ndim == 2:  # (N, 2): one location per window
+            return ll[:, :, None, None].expand(-1, -1, 4, 4).clone()
+        return torch.nn.functional.avg_pool2d(ll, 2)  # (N, 2, 8, 8) -> the 2x2 cell centres
+
+
+def _lonlat(ds, iy, ix):
+    from pyproj import Transformer
+
+    y = ds.y.values[0] + iy * (ds.y.values[1] - ds.y.values[0])
+    x = ds.x.values[0] + ix * (ds.x.values[1] - ds.x.values[0])
+    return Transformer.from_crs(ds.rio.crs, "EPSG:4326", always_xy=True).transform(x, y)
+
+
+@pytest.mark.parametrize("location", ["window", "pixel"])
+def test_locations_follow_the_windows_when_they_overlap(location):
+    if "location" not in ModelSpec.__dataclass_fields__:
+        pytest.skip("this version has no ModelSpec.location")
+    ds = synthetic_s2_cube(20, 20, 2, bands=("B02",), seed=12)
+    emb = xsky.embed(ds.chunk(y=9, x=11), Where(location).set_ref(None), overlap=2).values
+    # overlap 2 at stride 2: core 4, margin 2; window k reads pixels [4k - 2, 4k + 6) and
+    # keeps output pixels 1..2 (input pixels [4k, 4k + 4))
+    for oy, ox in [(0, 0), (3, 5), (9, 9), (4, 1)]:
+        if location == "window":
+            ky, kx = oy // 2, ox // 2
+            lon, lat = _lonlat(ds, 4 * ky - 2 + 3.5, 4 * kx - 2 + 3.5)  # the window centre
+        else:
+            lon, lat = _lonlat(ds, 2 * oy + 0.5, 2 * ox + 0.5)  # the output pixel's centre
+        np.testing.assert_allclose(emb[oy, ox], [lat, lon], atol=2e-5)
