@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VisionTransformer", "vit_small_patch16_224"]
+__all__ = ["Attention", "Block", "Mlp", "VisionTransformer", "vit_small_patch16_224"]
 
 
 class PatchEmbed(nn.Module):
@@ -28,17 +28,24 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection (timm's keys).
+
+    ``keep`` (``(B, N)`` bool, optional) says which tokens take part as keys: a key-padding
+    mask for rows of different lengths (Presto, Galileo drop masked tokens this way).
+    """
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        mask = None if keep is None else keep[:, None, None, :]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
@@ -54,15 +61,20 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    """Pre-norm transformer block (exact GELU, no layer scale); ``eps`` of the LayerNorms
+    (timm's ViT: 1e-6; torch's default 1e-5 for Presto and Galileo) and the attention module
+    (``attention(dim, num_heads)``, taking ``(x, keep)``) are the variations the models need."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, eps: float = 1e-6,
+                 attention: type[nn.Module] = Attention) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), keep)
         return x + self.mlp(self.norm2(x))
 
 

@@ -60,6 +60,7 @@ from ..exceptions import ArgumentError, CheckpointError, DataError, ModelError, 
 from ._base import EmbeddingModel
 from ._checkpoint import LoadReport, apply_state, load_checkpoint, unwrap_state
 from ._registry import register_model
+from ._vit_timm import Block
 from .card import ModelCard, WeightFile
 from .spec import ModalitySpec, ModelSpec
 
@@ -342,6 +343,9 @@ class _PatchEmbed(nn.Module):
 
 
 class _Attention(nn.Module):
+    """Self-attention with separate ``q``/``k``/``v`` projections (the official keys);
+    ``keep`` ``(B, N)`` is the key-padding mask."""
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -359,32 +363,6 @@ class _Attention(nn.Module):
         y = F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)),
                                            attn_mask=keep[:, None, None, :])
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-5, exact GELU, no layer scale)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), keep)
-        return x + self.mlp(self.norm2(x))
 
 
 # --------------------------------------------------------------------------------------
@@ -440,7 +418,8 @@ class Galileo(nn.Module):
         self.config = cfg
         d, q = cfg.embedding_size, cfg.embedding_size // 4
         self.blocks = nn.ModuleList(
-            [_Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+            [Block(d, cfg.num_heads, cfg.mlp_ratio, eps=1e-5, attention=_Attention)
+             for _ in range(cfg.depth)])
         self.register_buffer(
             "pos_embed", _sincos(torch.arange(cfg.max_sequence_length, dtype=torch.float32), q))
         self.month_embed = nn.Embedding.from_pretrained(_month_table(q), freeze=True)

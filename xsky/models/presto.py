@@ -41,12 +41,12 @@ from typing import Any, cast, overload
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..exceptions import ArgumentError, BandMismatchError, CheckpointError, DataError, ModelError
 from ._base import EmbeddingModel
 from ._checkpoint import LoadReport, apply_state, load_checkpoint, unwrap_state
 from ._registry import register_model
+from ._vit_timm import Block
 from .card import ModelCard, WeightFile
 from .spec import ModalitySpec, ModelSpec
 
@@ -343,45 +343,6 @@ def month_to_tensor(month: int | torch.Tensor, batch_size: int, seq_len: int,
                         f"{seq_len}) tensor, got shape {tuple(month.shape)}")
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        # keep: (B, N) keys that take part in attention (True), as in the official code
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), keep)
-        return x + self.mlp(self.norm2(x))
-
-
 class PrestoEncoder(nn.Module):
     """The Presto encoder with the official tensors (``presto.presto.Encoder``).
 
@@ -416,7 +377,7 @@ class PrestoEncoder(nn.Module):
         self.dw_embed = nn.Embedding(_DW_CLASSES + 1, embedding_size)
         self.latlon_embed = nn.Linear(3, embedding_size)
         self.blocks = nn.ModuleList(
-            [_Block(embedding_size, num_heads, mlp_ratio) for _ in range(depth)])
+            [Block(embedding_size, num_heads, mlp_ratio, eps=1e-5) for _ in range(depth)])
         self.norm = nn.LayerNorm(embedding_size)
         self.pos_embed = nn.Parameter(_sinusoid_table(max_sequence_length, pos_dim)[None],
                                       requires_grad=False)
