@@ -101,7 +101,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from _common import adjusted_rand_index, balanced_accuracy, purity
+from _common import adjusted_rand_index, balanced_accuracy, evaluate
 
 import xsky
 from xsky import classify, prototypes
@@ -195,27 +195,6 @@ def embed(obj, model: str, weights=None, **options) -> xr.DataArray:
 # --------------------------------------------------------------------------------------
 # the protocol of prototypes_real.py, for (y, x, feature) maps
 # --------------------------------------------------------------------------------------
-
-
-def evaluate(emb: xr.DataArray, ref: np.ndarray, k: int, sample: int, rng, method: str
-             ) -> dict[str, float]:
-    """Unsupervised prototypes (k, method) vs ``ref``: purity, ARI and their chance values."""
-    t0 = time.perf_counter()
-    extra = {} if method == "centred" else {"restarts": 1}
-    protos = prototypes(emb.chunk(y=128, x=128), k=k, sample=sample, seed=0, method=method,
-                        **extra)
-    assign = protos.assignment.values
-    dt = time.perf_counter() - t0
-    ok = (ref >= 0) & (assign >= 0)
-    a, r = assign[ok], ref[ok]
-    shuffled = [rng.permutation(a) for _ in range(10)]
-    return {
-        "purity": purity(a, r),
-        "ari": adjusted_rand_index(a, r),
-        "purity_chance": float(np.mean([purity(s, r) for s in shuffled])),
-        "ari_chance": float(np.mean([adjusted_rand_index(s, r) for s in shuffled])),
-        "seconds": dt,
-    }
 
 
 def few_shot(emb: xr.DataArray, ref: np.ndarray, per_class: int, seed: int

@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import xarray as xr
-from _common import adjusted_rand_index, balanced_accuracy, purity
+from _common import balanced_accuracy, evaluate
 
 import xsky
 from xsky import classify, prototypes
@@ -138,28 +138,6 @@ def scl_reference(scl: np.ndarray, stride: int, min_share: float = 0.75) -> np.n
 # --------------------------------------------------------------------------------------
 # experiment
 # --------------------------------------------------------------------------------------
-
-
-def evaluate(
-    emb: xr.DataArray, ref: np.ndarray, k: int, sample: int, rng, method: str = "centred"
-) -> dict[str, float]:
-    t0 = time.perf_counter()
-    data = emb.chunk(time=20) if "time" in emb.dims else emb.chunk(y=128, x=128)
-    # "cosine" with one k-means++ start is what xsky learned before centring existed
-    extra = {} if method == "centred" else {"restarts": 1}
-    protos = prototypes(data, k=k, sample=sample, seed=0, method=method, **extra)
-    assign = protos.assignment.values
-    dt = time.perf_counter() - t0
-    ok = (ref >= 0) & (assign >= 0)
-    a, r = assign[ok], ref[ok]
-    shuffled = [rng.permutation(a) for _ in range(10)]
-    return {
-        "purity": purity(a, r),
-        "ari": adjusted_rand_index(a, r),
-        "purity_chance": float(np.mean([purity(s, r) for s in shuffled])),
-        "ari_chance": float(np.mean([adjusted_rand_index(s, r) for s in shuffled])),
-        "seconds": dt,
-    }
 
 
 def few_shot(emb: xr.DataArray, ref: np.ndarray, per_class: int, seed: int) -> tuple[float, float]:

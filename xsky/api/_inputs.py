@@ -63,7 +63,10 @@ class Cube:
     units_check: UnitsCheck | None = None  # run inside the tasks on the pixels read
 
 
-_NOT_STATIC = modalities.Modality("unknown", ("x",))
+def _is_static(name: str) -> bool:
+    """Whether the table says a modality has no time axis (terrain)."""
+    entry = _table_entry(name)
+    return entry is not None and entry.static
 
 
 def _table_entry(name: str) -> modalities.Modality | None:
@@ -514,16 +517,15 @@ def _check_time_axes(cubes: Mapping[str, Cube], spec: ModelSpec) -> None:
                 )
     if spec.shared_time and len(cubes) > 1:
         timed = [c for c in cubes.values() if c.time_dim is not None]
-        untimed = [c.name for c in cubes.values() if c.time_dim is None
-                   and not (_table_entry(c.name) or _NOT_STATIC).static]
+        untimed = [c.name for c in cubes.values()
+                   if c.time_dim is None and not _is_static(c.name)]
         if timed and untimed:
             raise DimensionError(
                 f"model {spec.name!r} puts all modalities on one time axis, but {untimed} "
                 "have no 'time' dimension; give every modality the same dates"
             )
-        first = timed[0] if timed else None
         for c in timed[1:]:
-            assert first is not None
+            first = timed[0]
             if c.time.shape != first.time.shape or not np.array_equal(c.time, first.time):
                 raise DimensionError(
                     f"model {spec.name!r} puts all modalities on one time axis, but modality "

@@ -128,19 +128,17 @@ def _as_datetimes(time: Any, modality: str) -> Any:
     )
 
 
-def _months(time: Any, modality: str) -> tuple[int, ...] | None:
-    """Month (0 = January) of each date; ``None`` for a modality without a time axis."""
-    if time is None:
-        return None
-    return tuple(int(m) - 1 for m in _as_datetimes(time, modality).month)
+def _date_parts(time: Any, modality: str
+                ) -> tuple[tuple[int, ...], tuple[int, ...]] | tuple[None, None]:
+    """Day of year (1..365) and month (0 = January) of each date.
 
-
-def _day_of_year(time: Any, modality: str) -> tuple[int, ...] | None:
-    """Day of year (1..365) of each date; ``None`` for a modality without a time axis."""
+    ``(None, None)`` for a modality without a time axis. Day 366 of a leap year reuses 365.
+    """
     if time is None:
-        return None
-    doy = _as_datetimes(time, modality).day_of_year
-    return tuple(int(min(d, 365)) for d in doy)  # day 366 of a leap year reuses 365
+        return None, None
+    dates = _as_datetimes(time, modality)
+    return (tuple(int(min(d, 365)) for d in dates.day_of_year),
+            tuple(int(m) - 1 for m in dates.month))
 
 
 def embed(
@@ -296,8 +294,7 @@ def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device
         if m.name not in cubes:
             continue
         cube = cubes[m.name]
-        doy = _day_of_year(cube.time, m.name) if spec.fuses_time else None
-        month = _months(cube.time, m.name) if spec.fuses_time else None
+        doy, month = _date_parts(cube.time, m.name) if spec.fuses_time else (None, None)
         mods.append(ModalityInput(m.name, len(m.bands), m.grid_factor,
                                   conversion(cube.units, m.units, m.name), m.mean, m.std, doy,
                                   month, cube.nodata, cube.valid is not None, cube.units_check))
