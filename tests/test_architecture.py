@@ -25,7 +25,9 @@ ALLOWED = {
     "modalities": set(),
     "geo": set(),
     "plot": {"geo", "api"},
-    "cli": {"api", "io", "plot", "tutorial", "models", "geo", "modalities"},
+    "cli": {"api", "io", "plot", "tutorial", "models", "geo", "modalities", "train"},
+    # train reads cubes exactly as embed does (api._inputs), so training inputs are inference inputs
+    "train": {"api", "engine", "runtime", "models", "io", "modalities", "geo", "tutorial"},
 }
 BASE = {"exceptions", "_version", "_interop", "_coerce"}
 

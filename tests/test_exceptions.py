@@ -34,7 +34,7 @@ def test_leaves_belong_to_their_family(leaf, family):
 
 
 def test_families_are_disjoint():
-    families = [ex.ArgumentError, ex.DataError, ex.ModelError, ex.CheckpointError,
+    families = [ex.ArgumentError, ex.DataError, ex.ModelError, ex.CheckpointError, ex.TrainingError,
                 ex.MissingDependencyError]
     for a in families:
         for b in families:

@@ -6,6 +6,9 @@
     and written to a Zarr store, with a progress bar.
 ``xsky models``
     List the model registry.
+``xsky train CONFIG``
+    Pretrain an encoder as a TOML config describes (checkpoints and a metrics log out,
+    resumable; see ``xsky/train/recipes/default.toml``).
 
 Examples
 --------
@@ -14,6 +17,7 @@ Examples
     xsky models
     xsky models "satclip-*" -v
     xsky embed --sample romania --model test-tiny --out out/romania.zarr --preview out/romania.png
+    xsky train xsky/train/recipes/default.toml --steps 20
     xsky embed --items search.geojson --bbox 22.145 45.200 22.158 45.209 \\
         --time 2018-01-01/2018-03-31 --model test-tiny --out out/emb.zarr
 """
@@ -207,6 +211,20 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train.config import train_from_config
+
+    if args.steps is not None and args.steps < 1:
+        raise ArgumentError(f"--steps must be positive, got {args.steps}")
+    hist = train_from_config(args.config, resume=args.resume, steps=args.steps,
+                             progress=args.progress)
+    last = hist.records[-1] if hist.records else {}
+    where = f"; checkpoint {hist.checkpoint}" if hist.checkpoint is not None else ""
+    print(f"trained to step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f}"
+          f"{where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``xsky`` argument parser."""
     from ._version import __version__
@@ -255,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print the traceback of an error (default: one line)")
     m.set_defaults(func=_models)
+
+    t = sub.add_parser("train", help="pretrain an encoder from a TOML config",
+                       description="Pretrain an encoder as CONFIG describes: checkpoints and "
+                       "metrics.jsonl go to [output] checkpoint_dir; a rerun resumes.")
+    t.add_argument("config", help="TOML run config (e.g. xsky/train/recipes/default.toml)")
+    t.add_argument("--steps", type=int, help="override [fit] steps")
+    t.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over instead of resuming from the newest checkpoint")
+    t.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of an error (default: one line)")
+    t.set_defaults(func=_train)
     return p
 
 

@@ -17,6 +17,7 @@ expected and the actual value, and how to fix it. The four families::
     ├── ModelError             a model misbehaves or is unavailable in this process
     ├── CheckpointError        a weights file cannot be read or does not match
     │   └── UnsafeCheckpointError
+    ├── TrainingError          a training run cannot go on (a rank or worker lost, a timeout)
     └── MissingDependencyError an optional dependency is not installed (also an ImportError)
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "DimensionError",
     "MissingDependencyError",
     "ModelError",
+    "TrainingError",
     "UnitsError",
     "UnknownModelError",
     "UnsafeCheckpointError",
@@ -96,6 +98,10 @@ class CheckpointError(XSkyError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint needs arbitrary unpickling and the user has not opted in."""
+
+
+class TrainingError(XSkyError):
+    """A training run cannot go on: a rank or worker was lost, or a rendezvous timed out."""
 
 
 class MissingDependencyError(XSkyError, ImportError):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xsky.exceptions import DimensionError, XSkyError
+from xsky.exceptions import ArgumentError, DimensionError, XSkyError
 from xsky.models import create_model, get_model_spec, list_models
 from xsky.models.skysense import (
     S1_BANDS,
@@ -330,3 +330,30 @@ def test_train_mode_applies_stochastic_depth_and_eval_is_deterministic():
     with torch.no_grad():
         assert torch.equal(model(s2=s2), model(s2=s2))
     assert np.isfinite(a.numpy()).all()
+
+
+def test_s2_band_subset_builds_a_narrower_branch_with_those_bands_statistics():
+    from xsky.models.skysense import S2_MEAN, S2_STD, SKYSENSE_S2_BANDS
+
+    bands = ("B02", "B03", "B04", "B08")
+    m = create_model("skysense-tiny", modalities=("s2",), s2_bands=bands, window=8).eval()
+    s2 = m.spec.modality("s2")
+    assert s2.bands == bands
+    idx = [SKYSENSE_S2_BANDS.index(b) for b in bands]
+    assert s2.mean == tuple(S2_MEAN[i] for i in idx)
+    assert s2.std == tuple(S2_STD[i] for i in idx)
+    assert m.backbone_s2.patch_embed.projection.in_channels == 4
+    x = torch.randn(2, 4, 3, 8, 8)
+    doy = torch.tensor([[10, 120, 300]] * 2)
+    y = m.embed_windows({"s2": x, "s2_doy": doy})
+    assert y.shape == (2, m.spec.feature_dim, 8, 8) and torch.isfinite(y).all()
+    # the official layout forward agrees with the engine entry point on the narrow branch
+    torch.testing.assert_close(m(s2=x, s2_doy=doy), y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DimensionError, match="4 bands"):
+        m(s2=torch.randn(1, 10, 3, 8, 8))
+
+
+@pytest.mark.parametrize("bands", [("B02", "red"), ("B02", "B02"), ()])
+def test_bad_s2_band_subsets_are_refused_with_an_example(bands):
+    with pytest.raises(ArgumentError, match="s2_bands must be distinct bands"):
+        create_model("skysense-tiny", s2_bands=bands)

@@ -34,6 +34,7 @@ never downloads them: pass the local files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -445,9 +446,12 @@ def _coerce_config(config: SkySenseConfig | Mapping[str, Any] | str | None) -> S
     return SkySenseConfig.from_hyperparameters(config)
 
 
-def _modality_specs(modalities: Sequence[str]) -> tuple[ModalitySpec, ...]:
+def _modality_specs(modalities: Sequence[str], s2_bands: Sequence[str] = SKYSENSE_S2_BANDS
+                    ) -> tuple[ModalitySpec, ...]:
+    idx = [SKYSENSE_S2_BANDS.index(b) for b in s2_bands]
     table = {
-        "s2": ModalitySpec("s2", SKYSENSE_S2_BANDS, S2_MEAN, S2_STD, units="dn"),
+        "s2": ModalitySpec("s2", tuple(s2_bands), tuple(S2_MEAN[i] for i in idx),
+                           tuple(S2_STD[i] for i in idx), units="dn"),
         "s1": ModalitySpec("s1", SKYSENSE_S1_BANDS, S1_MEAN, S1_STD, units="db"),
         "hr": ModalitySpec("hr", SKYSENSE_HR_BANDS, HR_MEAN, HR_STD, units="rgb255",
                            grid_factor=HR_FACTOR),
@@ -500,8 +504,9 @@ def _card_meta(name: str) -> dict[str, Any]:
 
 
 def _fused_spec(name: str, modalities: Sequence[str], window: int, dim: int,
-                batch_size: int | None, meta: Any = None) -> ModelSpec:
-    return ModelSpec(name=name, modalities=_modality_specs(modalities), window=window,
+                batch_size: int | None, meta: Any = None,
+                s2_bands: Sequence[str] = SKYSENSE_S2_BANDS) -> ModelSpec:
+    return ModelSpec(name=name, modalities=_modality_specs(modalities, s2_bands), window=window,
                      stride=1, feature_dim=dim, fuses_time=True, output="dense",
                      default_batch_size=batch_size or 16, required_modalities=(),
                      meta=_card_meta(name) if meta is None else meta)
@@ -512,6 +517,17 @@ def _check_window(window: Any) -> int:
         raise ArgumentError(f"SkySense window must be a positive multiple of the ViT patch size 4 "
                             f"(Sentinel pixels), got {window!r}; e.g. window=16")
     return window
+
+
+def _check_s2_bands(bands: Any) -> tuple[str, ...]:
+    if bands is None:
+        return SKYSENSE_S2_BANDS
+    bands = (bands,) if isinstance(bands, str) else tuple(bands)
+    bad = [b for b in bands if b not in SKYSENSE_S2_BANDS]
+    if bad or not bands or len(set(bands)) != len(bands):
+        raise ArgumentError(f"s2_bands must be distinct bands of {SKYSENSE_S2_BANDS}, got "
+                            f"{bands!r}; e.g. s2_bands=('B02', 'B03', 'B04', 'B08')")
+    return bands
 
 
 def _check_modalities(modalities: Any) -> tuple[str, ...]:
@@ -745,6 +761,11 @@ class SkySense(EmbeddingModel):
     use_ctpe
         Add the date encoding ``ctpe[doy - 1]`` to Sentinel-2 tokens (SkySense++ ships
         without it; the conformance fixture has both).
+    s2_bands
+        Sentinel-2 bands the S2 branch takes (default the official ten); a subset such as
+        ``("B02", "B03", "B04", "B08")`` builds a narrower patch embedding, for models
+        trained with :mod:`xsky.train` on cubes that have only those bands (official weights
+        need all ten).
     name
         Name in the spec.
     batch_size
@@ -769,9 +790,15 @@ class SkySense(EmbeddingModel):
     def __init__(self, config: SkySenseConfig | Mapping[str, Any] | str | None = None, *,
                  window: int = 16, modalities: Sequence[str] = MODALITIES,
                  use_ctpe: bool = True, name: str = "skysense",
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, s2_bands: Sequence[str] | None = None
+                 ) -> None:
         super().__init__()
-        self.config = cfg = _coerce_config(config)
+        cfg = _coerce_config(config)
+        self.s2_bands = _check_s2_bands(s2_bands)
+        if len(self.s2_bands) != cfg.vit_s2["in_channels"]:
+            cfg = dataclasses.replace(cfg, vit_s2={**cfg.vit_s2,
+                                                   "in_channels": len(self.s2_bands)})
+        self.config = cfg
         self.modalities = _check_modalities(modalities)
         self.window = _check_window(window)
         self.use_ctpe = bool(use_ctpe) and cfg.use_ctpe
@@ -789,7 +816,8 @@ class SkySense(EmbeddingModel):
         self.ctpe = (nn.Parameter(torch.zeros(1, cfg.calendar_time, c4))
                      if "s2" in self.modalities else None)
         self.load_report: LoadReport | None = None
-        self.spec = _fused_spec(name, self.modalities, self.window, cfg.embed_dim, batch_size)
+        self.spec = _fused_spec(name, self.modalities, self.window, cfg.embed_dim, batch_size,
+                                s2_bands=self.s2_bands)
 
     # ---- loading ------------------------------------------------------------------------
     @classmethod
@@ -924,7 +952,8 @@ class SkySense(EmbeddingModel):
         for mod, x, doy in (("s2", s2, s2_doy), ("s1", s1, s1_doy)):
             if x is None:
                 continue
-            b, t, h, w = _check_sat(x, mod, 10 if mod == "s2" else 2)
+            b, t, h, w = _check_sat(x, mod, self.config.vit_s2["in_channels"] if mod == "s2"
+                                    else 2)
             if grid is not None and grid != (b, h, w):
                 raise DimensionError(
                     f"{mod} grid (batch {b}, {h}x{w}) does not match the other inputs "
@@ -1181,15 +1210,15 @@ def _config_beside(path: str | os.PathLike[str]) -> Mapping[str, Any] | str:
 # Registry
 # --------------------------------------------------------------------------------------
 _OVERRIDES = ("window", "temporal", "modality", "modalities", "use_ctpe", "strict",
-              "batch_size", "trust", "hyperparameters")
+              "batch_size", "trust", "hyperparameters", "s2_bands")
 
 
 def _factory(preset: str) -> Any:
     def create(weights: str | None = None, *, window: int = 16, temporal: str = "fused",
                modality: str | None = None, modalities: Sequence[str] = MODALITIES,
                use_ctpe: bool = True, strict: bool = True, batch_size: int | None = None,
-               trust: bool = False, hyperparameters: Any = None, **unknown: Any
-               ) -> EmbeddingModel:
+               trust: bool = False, hyperparameters: Any = None,
+               s2_bands: Sequence[str] | None = None, **unknown: Any) -> EmbeddingModel:
         if unknown:
             raise ArgumentError(f"{preset} takes no option(s) {format_choices(unknown)}; valid "
                                 f"options: {format_choices(_OVERRIDES)}")
@@ -1213,8 +1242,10 @@ def _factory(preset: str) -> Any:
             if modality is not None:
                 modalities = (modality,)
             model = SkySense(cfg, window=window, modalities=modalities, use_ctpe=use_ctpe,
-                             name=preset, batch_size=batch_size)
+                             name=preset, batch_size=batch_size, s2_bands=s2_bands)
         elif temporal == "per-date":
+            if s2_bands is not None:
+                raise ArgumentError("s2_bands applies to temporal='fused' SkySense only")
             model = SkySensePerDate(cfg, modality=modality or "s2", window=window,
                                     name=preset, batch_size=batch_size)
         else:
@@ -1225,7 +1256,7 @@ def _factory(preset: str) -> Any:
 
     create.__name__ = f"create_{preset.replace('-', '_')}"
     create.__doc__ = (f"SkySense preset {preset!r}; options: window, temporal ('fused' | "
-                      "'per-date'), modality, modalities, use_ctpe, strict, batch_size, trust, "
+                      "'per-date'), modality, modalities, use_ctpe, strict, batch_size, trust, s2_bands, "
                       "hyperparameters (official config: mapping, config.json path or "
                       "'beside' the weights).")
     return create
