@@ -81,3 +81,18 @@ def test_spherical_harmonics_on_cuda_match_the_numba_kernel():
     got = spherical_harmonics_torch(torch.from_numpy(lonlat).cuda(), 40)
     assert got.device.type == "cuda" and got.dtype == torch.float64
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=0, atol=1e-11)
+
+
+def test_fit_on_cuda_follows_the_cpu_losses_and_bfloat16_trains():
+    """The training loop on the GPU: float32 near the CPU's losses; bf16 AMP finite."""
+    from xsky.train import fit
+
+    from .train.test_loop import setup
+
+    runs = {}
+    for device, precision in (("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")):
+        model, sampler, objs = setup()
+        runs[(device, precision)] = fit(model, sampler, objs, steps=3, device=device,
+                                        precision=precision, progress=False)["loss"]
+    np.testing.assert_allclose(runs[("cuda", "float32")], runs[("cpu", "float32")], rtol=2e-3)
+    assert np.isfinite(runs[("cuda", "bfloat16")]).all()

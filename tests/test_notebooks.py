@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -49,4 +50,27 @@ def test_quickstart_notebook_runs(tmp_path):
     assert 0.0 <= diff <= 1e-5
     # ... and the figures are drawn
     plot = _cell(nb, "xsky.plot.pca_rgb(day)")
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs)
+
+
+@pytest.mark.timeout(600)
+def test_pretraining_notebook_trains_probes_and_draws(tmp_path, monkeypatch):
+    monkeypatch.setenv("XSKY_NB_STEPS", "2")  # the loop runs; the reader's run is longer
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = _run(NOTEBOOKS / "03_pretraining.ipynb", tmp_path)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]
+    shapes = _text(_cell(nb, "next(iter(sampler))"))
+    assert "'s2': (8, 4, 6, 8, 8)" in shapes and "'latlon': (8, 2)" in shapes
+    trained = _text(_cell(nb, "history = fit("))
+    assert "steps 2," in trained
+    first, last = (float(v.split()[0].rstrip(",")) for v in trained.split("loss ")[1:3])
+    assert np.isfinite(first) and np.isfinite(last)
+    probe = _text(_cell(nb, "nearest_centroid(raw"))
+    scores = {ln.split("balanced accuracy ")[1][:18].strip(): float(ln.split()[-1])
+              for ln in probe.splitlines() if ln.startswith("balanced accuracy")}
+    assert set(scores) == {"default (shipped)", "just trained", "raw bands"}
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()
+    plot = _cell(nb, "rgb = xsky.plot.pca_rgb(emb)")
     assert any("image/png" in o.get("data", {}) for o in plot.outputs)

@@ -85,7 +85,8 @@ def _load(args: argparse.Namespace) -> Any:
 
         ds = tutorial.open_dataset(args.sample, snow=args.snow)
         ds = _crop_sample(ds, bbox, args.time)
-        return ds.chunk(chunks or {"time": 1})
+        # a model that fuses the dates needs them in one chunk; a per-date one streams dates
+        return ds.chunk(chunks or {"time": -1 if spec.fuses_time else 1})
     from .io.stac import load_stac
 
     modality = args.modality or spec.modality_names[0]
@@ -95,7 +96,7 @@ def _load(args: argparse.Namespace) -> Any:
             f"--modality {modality!r}"
         )
     bands = args.bands.split(",") if args.bands else list(spec.modality(modality).bands)
-    return load_stac(
+    cube = load_stac(
         args.items,
         modality=cast(Any, modality),
         bands=bands,
@@ -106,6 +107,9 @@ def _load(args: argparse.Namespace) -> Any:
         chunks=chunks,
         snow=args.snow,
     )
+    if spec.fuses_time and "time" in cube.dims and not (chunks and "time" in chunks):
+        cube = cube.chunk(time=-1)
+    return cube
 
 
 def _check_outputs(args: argparse.Namespace) -> Path:

@@ -75,6 +75,11 @@ GOLDEN = {
                       [0.1742752, 0.1670764, 0.0701146, -0.1334992, -0.200293], -514.62994),
     "skysense-small": ("d0d492ea4338b675", (2, 192, 8, 8),
                        [-0.6299561, 1.0801815, -0.8911112, 1.1982983, -1.6247826], 1.37047),
+    # the shipped pretrained weights (xsky/data/xsky-s2-tiny.safetensors), two names
+    "default": ("185be55ae188b29f", (2, 96, 8, 8),
+                [0.0907372, -0.2831664, -1.0187278, -0.3675036, -1.0057886], -401.36362),
+    "xsky-s2-tiny": ("185be55ae188b29f", (2, 96, 8, 8),
+                     [0.0907372, -0.2831664, -1.0187278, -0.3675036, -1.0057886], -401.36362),
 }
 
 
@@ -88,7 +93,7 @@ def test_every_bundled_model_has_golden_values():
 def test_forward_on_fixed_windows_gives_the_stored_values(name):
     sha, shape, values, total = GOLDEN[name]
     model = xm.create_model(name, **OVERRIDES.get(name, {}))
-    assert model.weights_sha256.startswith(sha)  # the fixed-seed initial weights
+    assert model.weights_sha256.startswith(sha)  # fixed-seed initial (or shipped) weights
     with torch.inference_mode():
         out = model.embed_windows(golden_windows(model.spec)).float()
     assert tuple(out.shape) == shape

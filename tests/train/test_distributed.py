@@ -100,7 +100,8 @@ def test_a_lost_worker_raises_a_training_error_and_the_run_resumes(client, tmp_p
     assert "resume=True" in str(err)
     done = int(latest_checkpoint(ckpt).name.split("-")[1])
     assert 0 < done < STEPS
-    client.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker
+    client.wait_for_workers(2, timeout=120)  # the nannies restart the killed worker and the
+    # survivor (whose rank was blocked in a collective)
     # the same call again resumes (steps is part of the configuration)
     model, sampler, objs = setup()
     h = fit_distributed(client, model, sampler, objs, steps=STEPS, timeout=60,

@@ -199,3 +199,13 @@ def test_a_run_killed_with_sigkill_and_resumed_repeats_the_uninterrupted_losses(
     assert ta.keys() == tb.keys()
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
+
+
+def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
+    model, sampler, objs = setup()
+    fit(model, sampler, objs, steps=1, checkpoint_dir=tmp_path, progress=False)
+    model, sampler, objs = setup()
+    with pytest.raises(CheckpointError, match="resume=False needs an empty folder"):
+        fit(model, sampler, objs, steps=1, checkpoint_dir=tmp_path, progress=False,
+            resume=False)
+    assert latest_checkpoint(tmp_path).name == "step-00000001"

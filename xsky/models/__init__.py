@@ -76,7 +76,7 @@ _LAZY = {
     "wrap": "_wrap",
 }
 # importing these registers the bundled models
-_BUNDLED = ("_tiny", "satclip", "skysense", "galileo", "presto")
+_BUNDLED = ("_tiny", "satclip", "skysense", "galileo", "presto", "default")
 _TORCH_SUBMODULES = {*_BUNDLED, "_base", "_checkpoint", "_download", "_registry", "_wrap",
                      "_resnet", "_sh",
                      "_skysense_vit", "_swinv2", "_vit_timm"}

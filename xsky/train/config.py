@@ -20,7 +20,7 @@ from ..exceptions import ArgumentError, format_choices
 __all__ = ["OBJECTIVES", "build_run", "load_config", "train_from_config"]
 
 _SECTIONS = {"data", "model", "sampler", "objectives", "fit", "output"}
-_DATA_KEYS = {"source", "chunks", "variables", "isel", "sel", "units"}
+_DATA_KEYS = {"source", "chunks", "variables", "isel", "sel", "units", "load"}
 _MODEL_KEYS = {"name", "options"}
 _OUTPUT_KEYS = {"checkpoint_dir", "export"}
 _OBJECTIVE_KEYS = {"kind", "weight", "options"}
@@ -111,6 +111,8 @@ def open_source(data: Mapping[str, Any]) -> Any:
         ds = ds.isel({k: slice(*v) for k, v in data["isel"].items()})
     if "sel" in data:
         ds = ds.sel({k: slice(*v) for k, v in data["sel"].items()})
+    if data.get("load", False):  # a small cube: read once, not once per window
+        ds = ds.load()
     return ds
 
 
@@ -130,9 +132,31 @@ def build_run(cfg: Mapping[str, Any], *, client: Any = None) -> tuple[Any, Any, 
     objs: list[Any] = []
     for o in cfg["objectives"]:
         cls = getattr(objectives_module, OBJECTIVES[o["kind"]])
-        obj = cls(model.spec.feature_dim, **dict(o.get("options", {})))
+        kw = dict(o.get("options", {}))
+        if o["kind"] == "proto" and "region_ids" not in kw:
+            # a table for the regions the cube touches, not for all 4,096 of the globe
+            kw["region_ids"] = cube_region_ids(
+                open_source(data), kw.get("regions", objectives_module.SKYSENSE_REGIONS))
+        obj = cls(model.spec.feature_dim, **kw)
         objs.append((obj, float(o.get("weight", 1.0))))
     return model, sampler, objs
+
+
+def cube_region_ids(ds: Any, regions: Any, samples: int = 33) -> list[int]:
+    """Ids of the geo-context regions a cube's footprint touches (from a grid of its pixel
+    coordinates, edges included)."""
+    import numpy as np
+
+    from ..geo import get_crs, pixel_lonlat, spatial_dims
+
+    ydim, xdim = spatial_dims(ds)
+    ys, xs = np.asarray(ds[ydim].values), np.asarray(ds[xdim].values)
+    def pick(v: np.ndarray) -> np.ndarray:
+        return v[np.unique(np.linspace(0, len(v) - 1, samples).round().astype(int))]
+
+    lon, lat = pixel_lonlat(pick(xs), pick(ys), get_crs(ds))
+    ids = np.unique(regions.ids_from_lonlat(lon.ravel(), lat.ravel()))
+    return [int(i) for i in ids if i >= 0]
 
 
 def train_from_config(config: str | os.PathLike[str] | Mapping[str, Any], *,

@@ -15,6 +15,7 @@ new call with ``resume=True`` continues from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -97,7 +98,9 @@ def fit_distributed(client: Any, model: Any, sampler: Any, objectives: Any, *,
     Raises
     ------
     TrainingError
-        A worker left or a rank failed; the message names it. Resume with the same call.
+        A worker left or a rank failed; the message names it. The surviving workers are
+        restarted (a rank blocked in a collective cannot be stopped otherwise). Resume with
+        the same call once the cluster has its workers again.
     """
     import torch
 
@@ -140,6 +143,16 @@ def fit_distributed(client: Any, model: Any, sampler: Any, objectives: Any, *,
     ]
     try:
         return _wait(client, futures, workers, timeout)
+    except TrainingError:
+        # a surviving rank may be blocked in a collective until `timeout`, and its thread
+        # cannot be cancelled: restart those workers (under their nannies) so that no stale
+        # rank is left to fail, or take a worker down, during the resumed run
+        client.cancel([f for f in futures if not f.done()], force=True)
+        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        with contextlib.suppress(Exception):
+            client.restart_workers([w for w in workers if w in alive], timeout=timeout,
+                                   raise_for_error=False)
+        raise
     finally:
         client.cancel([f for f in futures if not f.done()], force=True)
 

@@ -340,7 +340,8 @@ def fit(
         go; every ``checkpoint_every`` steps (default: ``steps // 10``, at least 1) and at
         the end, keeping the newest ``keep``. With ``resume`` the newest checkpoint of the
         folder is loaded first; one of a different configuration is refused, naming the
-        field that differs.
+        field that differs. ``resume=False`` refuses a folder that already holds
+        checkpoints (the two runs' steps would mix).
     seed
         Seed of every random draw (views, stochastic depth): with the same sampler, the run
         is reproducible and a resumed run is identical to an uninterrupted one.
@@ -416,6 +417,14 @@ def fit(
     log_path = ckpt_dir / "metrics.jsonl" if ckpt_dir is not None and dist.rank == 0 else None
     start = 0
     history = History()
+    existing = latest_checkpoint(ckpt_dir) if ckpt_dir is not None and not resume else None
+    if existing is not None:
+        # a fresh run here would interleave its checkpoints with the old run's, and a later
+        # resume would pick whichever step is highest
+        raise CheckpointError(
+            f"checkpoint_dir {str(ckpt_dir)!r} already holds checkpoints "
+            f"({existing.name}); resume=False needs an empty folder: "
+            "use another checkpoint_dir, or resume=True to continue that run")
     if ckpt_dir is not None and resume:
         last = latest_checkpoint(ckpt_dir)
         if last is not None:
