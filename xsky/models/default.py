@@ -95,7 +95,8 @@ class DefaultSkySense(SkySense):
     def embed_windows(self, inputs: Any) -> torch.Tensor:
         y = super().embed_windows(inputs)
         reps = (y.shape[-2] // _PATCH, y.shape[-1] // _PATCH)
-        return y - self.position_offsets.to(y.dtype).repeat(1, *reps)[None]
+        offsets: torch.Tensor = self.position_offsets
+        return y - offsets.to(y.dtype).repeat(1, *reps)[None]
 
 
 def create_default(weights: str | None = None, *, window: int = _WINDOW,
