@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -95,7 +95,7 @@ class DefaultSkySense(SkySense):
     def embed_windows(self, inputs: Any) -> torch.Tensor:
         y = super().embed_windows(inputs)
         reps = (y.shape[-2] // _PATCH, y.shape[-1] // _PATCH)
-        offsets: torch.Tensor = self.position_offsets
+        offsets = cast(torch.Tensor, self.position_offsets)
         return y - offsets.to(y.dtype).repeat(1, *reps)[None]
 
 
