@@ -66,12 +66,15 @@ def test_a_config_trains_exports_and_the_default_architecture_loads_the_export(t
     h = train_from_config(cfg, progress=False)
     assert [r["step"] for r in h.records] == [1, 2]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
-    model = create_model("default", tmp_path / "run" / "model.safetensors")
+    with pytest.warns(UserWarning, match="no position_offsets"):
+        model = create_model("default", tmp_path / "run" / "model.safetensors")
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "run" / "model.safetensors")
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, saved[k]), k  # the teacher, loaded exactly
+    assert set(model.state_dict()) - set(saved) == {"position_offsets"}
+    for k, v in saved.items():
+        assert torch.equal(model.state_dict()[k], v), k  # the teacher, loaded exactly
+    assert float(model.position_offsets.abs().max()) == 0.0
     # the prototype table covers the one region the cube touches, not the whole globe
     from xsky.train.checkpoint import latest_checkpoint, load_checkpoint
 

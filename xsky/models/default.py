@@ -11,6 +11,7 @@ Presto.
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -119,10 +120,17 @@ def create_default(weights: str | None = None, *, window: int = _WINDOW,
         raise ArgumentError(f"the packaged weights {str(path)!r} are missing from this "
                             "installation; reinstall xsky, or make them with "
                             "`xsky train xsky/train/recipes/default.toml` and pass weights=")
-    load_weights(model, path, strict=strict, what=f"{name} weights",
-                 sha256=WEIGHTS_SHA256 if packaged else None,
-                 fix="Is it an xsky-s2-tiny (skysense-tiny, s2 B02/B03/B04/B08) state dict, "
-                     "e.g. the export of the default recipe?")
+    report = load_weights(
+        model, path, strict=strict, what=f"{name} weights",
+        sha256=WEIGHTS_SHA256 if packaged else None,
+        optional=lambda key: key == "position_offsets",
+        fix="Is it an xsky-s2-tiny (skysense-tiny, s2 B02/B03/B04/B08) state dict, e.g. "
+            "the export of the default recipe?")
+    if "position_offsets" in report.defaulted:  # a plain export of the recipe's first step
+        warnings.warn(
+            f"{str(path)!r} has no position_offsets, so the in-patch position term stays in "
+            "the embedding; fit them with `python -m xsky.train.recipes.default_offsets "
+            f"{path} <out>`", UserWarning, stacklevel=2)
     model.eval()
     return model
 
