@@ -342,17 +342,25 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
             out.append(shared[n_t])
         return out
 
-    def _window_arrays(self, y0: int, x0: int, dates: list[np.ndarray | None]) -> list[Any]:
-        """The lazy slices of one window: per modality its bands then its valid mask."""
-        arrays = []
+    def _window_arrays(self, y0: int, x0: int, dates: list[np.ndarray | None]
+                       ) -> tuple[list[Any], list[np.ndarray | None]]:
+        """The lazy slices of one window (per modality its bands then its valid mask) and,
+        per slice, the dates to pick from it once computed.
+
+        The slices span the window's first to last kept date with basic indexing: dask
+        turns a list of dates into a shuffle of many small tasks, which cost more than
+        reading the few dates in between (the window is small)."""
+        arrays: list[Any] = []
+        picks: list[np.ndarray | None] = []
         w = self._window
         for cube, mod, t in zip(self._cubes, self._mods, dates, strict=True):
             g = mod.grid_factor
-            sl = (slice(None), slice(y0 * g, (y0 + w) * g), slice(x0 * g, (x0 + w) * g))
+            ts = slice(None) if t is None else slice(int(t[0]), int(t[-1]) + 1)
+            sl = (ts, slice(y0 * g, (y0 + w) * g), slice(x0 * g, (x0 + w) * g))
             for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
-                a = a[sl]
-                arrays.append(a if t is None else a[t])
-        return arrays
+                arrays.append(a[sl])
+                picks.append(None if t is None else t - t[0])
+        return arrays, picks
 
     def _assemble(self, shard: int, epoch: int, y0: int, x0: int,
                   dates: list[np.ndarray | None], blocks: list[np.ndarray]) -> _Window:
@@ -727,13 +735,14 @@ class _ShardStream:
             index = self.shard + cp * s._n_shards  # the candidate's index in its epoch
             y0, x0 = (int(v) for v in s._epoch_positions(ce)[index])
             dates = s._dates(ce, index)
-            part = s._window_arrays(y0, x0, dates)
-            meta.append((ce, cp, y0, x0, dates, len(arrays), len(part)))
+            part, picks = s._window_arrays(y0, x0, dates)
+            meta.append((ce, cp, y0, x0, dates, len(arrays), len(part), picks))
             arrays.extend(part)
         blocks = self.compute(arrays)
-        for ce, cp, y0, x0, dates, at, n in meta:
-            self.cache[(ce, cp)] = s._assemble(self.shard, ce, y0, x0, dates,
-                                               [np.asarray(b) for b in blocks[at:at + n]])
+        for ce, cp, y0, x0, dates, at, n, picks in meta:
+            got = [np.asarray(b) if pick is None else np.asarray(b)[pick]
+                   for b, pick in zip(blocks[at:at + n], picks, strict=True)]
+            self.cache[(ce, cp)] = s._assemble(self.shard, ce, y0, x0, dates, got)
 
 
 def _shutdown(pool: ThreadPoolExecutor | None, dask_pool: ThreadPoolExecutor | None,
