@@ -17,7 +17,8 @@ from xsky.train.config import check_config, cube_region_ids, load_config, train_
 TOML = textwrap.dedent("""
     [data]
     source = "tutorial:romania"
-    chunks = {{ time = 11 }}
+    chunks = {{}}
+    load = true
     isel = {{ x = [0, 24], y = [0, 24] }}
     sel = {{ time = ["2016-06-01", "2016-09-30"] }}
 
