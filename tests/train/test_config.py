@@ -53,13 +53,6 @@ TOML = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_a_config_trains_exports_and_the_default_architecture_loads_the_export(tmp_path):
     cfg = tmp_path / "run.toml"

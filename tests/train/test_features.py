@@ -15,14 +15,6 @@ from xsky.train.features import FeatureEncoder, Features, encode
 W, T2, T1, B = 8, 3, 2, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors: one intra-op thread is faster, and much faster on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model() -> SkySense:

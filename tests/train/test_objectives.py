@@ -40,14 +40,6 @@ from xsky.train.views import View, align
 D, W = 8, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors: one intra-op thread is faster, and much faster on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def identity(t: torch.Tensor) -> torch.Tensor:
     return t
@@ -111,6 +103,19 @@ def _after_step_in_ranks(objs: list, step: int, total: int) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+def _three_ways(base, a: StepOutputs, b: StepOutputs) -> tuple:
+    """Copies of ``base`` updated once from micro-batches ``a`` then ``b`` (accumulated),
+    from their union, and as two simulated ranks (rank 0 saw ``a``, rank 1 ``b``)."""
+    accum, union, rank0, rank1 = (copy.deepcopy(base) for _ in range(4))
+    accum(a), accum(b)
+    accum.after_step(0, 10, identity)
+    union(_cat(a, b))
+    union.after_step(0, 10, identity)
+    rank0(a), rank1(b)
+    _after_step_in_ranks([rank0, rank1], 0, 10)
+    return accum, union, rank0, rank1
 
 
 def _cat(a: StepOutputs, b: StepOutputs) -> StepOutputs:
@@ -325,13 +330,7 @@ def test_mgc_teacher_heads_follow_the_momentum_schedule():
 def test_mgc_centre_of_two_micro_batches_equals_their_union_and_two_ranks():
     a, b = _outputs(b=3, seed=4, mods=("s1",)), _outputs(b=2, seed=5, mods=("s1",))
     base = _small_mgc(modalities=("s1",))
-    accum, union, rank0, rank1 = (copy.deepcopy(base) for _ in range(4))
-    accum(a), accum(b)
-    accum.after_step(0, 10, identity)
-    union(_cat(a, b))
-    union.after_step(0, 10, identity)
-    rank0(a), rank1(b)
-    _after_step_in_ranks([rank0, rank1], 0, 10)
+    accum, union, rank0, rank1 = _three_ways(base, a, b)
     assert accum.center.abs().sum() > 0
     torch.testing.assert_close(accum.center, union.center, rtol=1e-5, atol=1e-7)
     # two ranks with one micro-batch each: the mean of sums over the mean of counts
@@ -447,13 +446,7 @@ def test_geo_prototypes_two_micro_batches_equal_their_union_and_two_ranks():
     a = _outputs(b=3, seed=6, latlon=torch.tensor([[10.0, 20.0]] * 3))
     b = _outputs(b=2, seed=7, latlon=torch.tensor([[-30.0, 100.0]] * 2))
     base = GeoPrototypeLoss(D, n_prototypes=3, level="pixel")
-    accum, union, rank0, rank1 = (copy.deepcopy(base) for _ in range(4))
-    accum(a), accum(b)
-    accum.after_step(0, 10, identity)
-    union(_cat(a, b))
-    union.after_step(0, 10, identity)
-    rank0(a), rank1(b)
-    _after_step_in_ranks([rank0, rank1], 0, 10)
+    accum, union, rank0, rank1 = _three_ways(base, a, b)
     moved = (accum.prototypes - base.prototypes).abs().sum((1, 2)) > 0
     assert moved.sum() == 2  # only the two regions seen
     for other in (union, rank0, rank1):

@@ -13,14 +13,6 @@ from xsky.train.views import View, align, make_views
 W, G = 8, 32  # window (reference pixels) and the HR grid factor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors: one intra-op thread is faster, and much faster on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(b: int = 4, t: int = 3, seed: int = 0, hr: bool = True) -> dict[str, torch.Tensor]:
     """A batch whose values encode the ground position: s2 pixel (y, x) of window i holds

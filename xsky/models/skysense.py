@@ -1005,6 +1005,32 @@ class SkySense(EmbeddingModel):
             is invalid); a pixel with no valid token is NaN. Dates invalid over a whole
             window are not computed at all.
         """
+        per_mod, (n, w) = self.window_tokens(inputs)
+        tokens = torch.cat([tok for tok, _ in per_mod.values()], dim=1)
+        key_mask = torch.cat([keep for _, keep in per_mod.values()], dim=1)
+        fused = self.fusion.encode(tokens, key_mask)
+        fused = fused.masked_fill(~key_mask.any(1, keepdim=True), float("nan"))
+        return fused.view(n, w, w, -1).permute(0, 3, 1, 2)
+
+    def window_tokens(self, inputs: Mapping[str, torch.Tensor]
+                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[int, int]]:
+        """The fusion's input tokens of engine windows, per modality, before fusion.
+
+        Parameters
+        ----------
+        inputs
+            As for :meth:`embed_windows`.
+
+        Returns
+        -------
+        tokens : dict
+            Per present modality (in the fusion's order), the projected tokens
+            ``(N*W*W, T, D)`` (pixel-major, dates in order) and their validity
+            ``(N*W*W, T)``; :meth:`embed_windows` concatenates them over modalities and
+            fuses them, training (:func:`xsky.train.encode`) also pools each modality.
+        geometry : tuple of int
+            ``(N, W)``: windows and their size on the Sentinel grid.
+        """
         present = [m for m in MODALITIES if inputs.get(m) is not None]
         if not present:
             raise ArgumentError(f"SkySense got none of its modalities {self.modalities}; pass at "
@@ -1013,8 +1039,7 @@ class SkySense(EmbeddingModel):
         if absent:
             raise ArgumentError(f"this SkySense model was built for {self.modalities}, not "
                                 f"{absent}; build it with those modalities or drop them")
-        seqs: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         geom: tuple[int, int] | None = None
         for mod in present:
             x = inputs[mod]
@@ -1034,16 +1059,9 @@ class SkySense(EmbeddingModel):
                 tok_valid = valid.view(n, t, w, HR_FACTOR, w, HR_FACTOR).any(5).any(3)
             else:
                 tok_valid = valid.bool()
-            tok, keep = self._window_tokens(mod, x, tok_valid, inputs.get(f"{mod}_doy"))
-            seqs.append(tok)
-            masks.append(keep)
+            out[mod] = self._window_tokens(mod, x, tok_valid, inputs.get(f"{mod}_doy"))
         assert geom is not None
-        n, w = geom
-        tokens = torch.cat(seqs, dim=1)
-        key_mask = torch.cat(masks, dim=1)
-        fused = self.fusion.encode(tokens, key_mask)
-        fused = fused.masked_fill(~key_mask.any(1, keepdim=True), float("nan"))
-        return fused.view(n, w, w, -1).permute(0, 3, 1, 2)
+        return out, geom
 
     def _window_tokens(self, mod: str, x: torch.Tensor, valid: torch.Tensor, doy: Any
                        ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,7 +127,8 @@ def build_run(cfg: Mapping[str, Any], *, client: Any = None) -> tuple[Any, Any, 
     opts = dict(cfg["sampler"])
     window = opts.pop("window", model.spec.window)
     batch_size = opts.pop("batch_size", 16)
-    sampler = WindowSampler(open_source(data), window, batch_size, model=model,
+    cube = open_source(data)
+    sampler = WindowSampler(cube, window, batch_size, model=model,
                             units=data.get("units"), client=client, **opts)
     objs: list[Any] = []
     for o in cfg["objectives"]:
@@ -136,7 +137,7 @@ def build_run(cfg: Mapping[str, Any], *, client: Any = None) -> tuple[Any, Any, 
         if o["kind"] == "proto" and "region_ids" not in kw:
             # a table for the regions the cube touches, not for all 4,096 of the globe
             kw["region_ids"] = cube_region_ids(
-                open_source(data), kw.get("regions", objectives_module.SKYSENSE_REGIONS))
+                cube, kw.get("regions", objectives_module.SKYSENSE_REGIONS))
         obj = cls(model.spec.feature_dim, **kw)
         objs.append((obj, float(o.get("weight", 1.0))))
     return model, sampler, objs
@@ -205,12 +206,13 @@ def export_weights(history: Any, path: str | os.PathLike[str]) -> Path:
     (the weights :func:`xsky.models.create_model` loads)."""
     from safetensors.torch import save_file
 
+    from ..models._checkpoint import strip_prefix
     from .checkpoint import load_checkpoint
 
     if history.checkpoint is None:
         raise ArgumentError("export needs a checkpoint: set [output] checkpoint_dir")
     tensors, state = load_checkpoint(history.checkpoint)
-    teacher = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
+    teacher = strip_prefix(tensors, "teacher.")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")

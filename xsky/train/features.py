@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..exceptions import ArgumentError, DimensionError, ModelError
-from ..models.skysense import HR_FACTOR, MODALITIES, SkySense
+from ..models.skysense import SkySense
 
 __all__ = ["FeatureEncoder", "Features", "encode"]
 
@@ -136,52 +136,19 @@ def encode(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Features:
 
 
 def _encode_skysense(model: SkySense, inputs: Mapping[str, torch.Tensor]) -> Features:
-    # The same computation as SkySense.embed_windows (tests hold them equal), minus the NaN
+    # SkySense.embed_windows' computation (its window_tokens, then the fusion), minus the NaN
     # fill, plus each modality's masked date mean of the tokens it feeds the fusion.
-    present = [m for m in MODALITIES if inputs.get(m) is not None]
-    if not present:
-        raise ArgumentError(f"SkySense got none of its modalities {model.modalities}; pass at "
-                            f"least one of them (inputs had {sorted(inputs)})")
-    absent = [m for m in present if m not in model.modalities]
-    if absent:
-        raise ArgumentError(f"this SkySense model was built for {model.modalities}, not "
-                            f"{absent}; build it with those modalities or drop them")
-    seqs: list[torch.Tensor] = []
-    masks: list[torch.Tensor] = []
+    tokens, (n, w) = model.window_tokens(inputs)
     per_mod: dict[str, torch.Tensor] = {}
     per_valid: dict[str, torch.Tensor] = {}
-    geom: tuple[int, int] | None = None
-    for mod in present:
-        x = inputs[mod]
-        if x.ndim != 5:
-            raise DimensionError(f"inputs[{mod!r}] has shape {tuple(x.shape)}; expected "
-                                 "(windows, bands, dates, y, x)")
-        n, _, t = x.shape[:3]
-        w = x.shape[-1] // (HR_FACTOR if mod == "hr" else 1)
-        if geom is not None and geom != (n, w):
-            raise DimensionError(f"inputs[{mod!r}] covers {n} windows of {w} px; other "
-                                 f"modalities cover {geom[0]} windows of {geom[1]} px")
-        geom = (n, w)
-        valid = inputs.get(f"{mod}_valid")
-        if valid is None:
-            valid = torch.ones((n, t, *x.shape[-2:]), dtype=torch.bool, device=x.device)
-        if mod == "hr":
-            tok_valid = valid.view(n, t, w, HR_FACTOR, w, HR_FACTOR).any(5).any(3)
-        else:
-            tok_valid = valid.bool()
-        tok, keep = model._window_tokens(mod, x, tok_valid, inputs.get(f"{mod}_doy"))
-        seqs.append(tok)
-        masks.append(keep)
+    for mod, (tok, keep) in tokens.items():
         # masked mean over dates: (N*W*W, T, D) -> (N*W*W, D); 0 without a valid date
         k = keep.to(tok.dtype)[..., None]
-        count = k.sum(1)
-        mean = (tok * k).sum(1) / count.clamp(min=1)
+        mean = (tok * k).sum(1) / k.sum(1).clamp(min=1)
         per_mod[mod] = mean.view(n, w, w, -1).permute(0, 3, 1, 2)
         per_valid[mod] = keep.any(1).view(n, w, w)
-    assert geom is not None
-    n, w = geom
-    key_mask = torch.cat(masks, dim=1)
-    fused = model.fusion.encode(torch.cat(seqs, dim=1), key_mask)
+    key_mask = torch.cat([keep for _, keep in tokens.values()], dim=1)
+    fused = model.fusion.encode(torch.cat([tok for tok, _ in tokens.values()], dim=1), key_mask)
     any_valid = key_mask.any(1)
     fused = torch.where(any_valid[:, None], fused, torch.zeros((), dtype=fused.dtype))
     return Features(fused.view(n, w, w, -1).permute(0, 3, 1, 2), per_mod,

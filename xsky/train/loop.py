@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..exceptions import ArgumentError, CheckpointError
+from ..models._checkpoint import strip_prefix
 from .checkpoint import diff_config, latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["History", "fit", "micro_batch_seed"]
@@ -176,11 +177,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tens
 
 def _prefixed(prefix: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in sd.items()}
-
-
-def _unprefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 # --------------------------------------------------------------------------------------
@@ -361,7 +357,7 @@ def fit(
         ``resume`` found a checkpoint of another configuration, or a damaged one.
     """
     from .features import encode
-    from .objectives import StepOutputs
+    from .objectives import StepOutputs, ema_update
     from .objectives import teacher_momentum as cosine_momentum
     from .views import make_views
 
@@ -492,9 +488,8 @@ def fit(
             lr_now = float(sched.get_last_lr()[0])
             sched.step()
             m = float(momentum_fn(step, steps))
+            ema_update(teacher, model, m)
             with torch.no_grad():
-                for ps, pt in zip(model.parameters(), teacher.parameters(), strict=True):
-                    pt.mul_(m).add_(ps.detach(), alpha=1.0 - m)
                 for bs, bt in zip(model.buffers(), teacher.buffers(), strict=True):
                     bt.copy_(bs)
             for o, _ in objs:
@@ -583,9 +578,9 @@ def _restore(path: Path, config: Mapping[str, Any], model: nn.Module, teacher: n
             "same settings to resume, another checkpoint_dir, or resume=False to start over "
             "in a new folder")
     try:
-        model.load_state_dict(_unprefixed("student", tensors))
-        teacher.load_state_dict(_unprefixed("teacher", tensors))
-        heads.load_state_dict(_unprefixed("objectives", tensors))
+        model.load_state_dict(strip_prefix(tensors, "student."))
+        teacher.load_state_dict(strip_prefix(tensors, "teacher."))
+        heads.load_state_dict(strip_prefix(tensors, "objectives."))
         _load_optimizer(opt, {k: v.to(dev) for k, v in tensors.items()}, state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"could not restore {str(path)!r}: {err}") from None

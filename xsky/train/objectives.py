@@ -417,7 +417,9 @@ class DINOHead(nn.Module):
         return F.linear(h, F.normalize(self.last_layer.weight, dim=-1))
 
 
-def _ema_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * student``, parameter by parameter
+    (the objectives' teacher heads and the loop's teacher encoder)."""
     with torch.no_grad():
         for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
             pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
@@ -613,7 +615,7 @@ class MultiGranularityContrastive(Objective):
             mean = (acc[:, :-1] / count.clamp(min=1e-12)).to(self.center.dtype)
             m = float(self.preset["center_momentum"])
             self.center[has] = self.center[has] * m + (1 - m) * mean[has]
-        _ema_(self.teacher_heads, self.student_heads,
+        ema_update(self.teacher_heads, self.student_heads,
               teacher_momentum(step, total_steps, self.preset["momentum_teacher"],
                                self.preset["momentum_teacher_end"]))
         self.step.fill_(int(step) + 1)
