@@ -446,3 +446,22 @@ def test_config_is_json_and_names_the_cube():
     assert cube["modalities"]["s2"]["shape"] == [8, 40, 40]
     assert cube["modalities"]["s2"]["time"][0].startswith("2021-")
     assert cube["grid"]["ny"] == 40 and cube["grid"]["dy"] == -10.0
+
+
+def test_integer_dn_and_reflectance_cubes_give_the_same_batches():
+    refl = synthetic()
+    # the same pixels as Sentinel-2 L2A integer DN (reflectance x 1e4; 0 = no data)
+    dn = refl.copy()
+    for b in BANDS:
+        v = refl[b].values
+        dn[b] = (("time", "y", "x"), np.where(np.isfinite(v), np.round(v * 1e4), 0).astype(
+            np.uint16))
+    a = take(make(refl.map(lambda v: v.round(4) if v.dtype == np.float32 else v)), 2)
+    b = take(make(dn), 2)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if x[k].dtype.is_floating_point:
+                torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-4, msg=k)
+            else:
+                assert torch.equal(x[k], y[k]), k
