@@ -140,3 +140,22 @@ def assert_close_nan(actual: np.ndarray, desired: np.ndarray, atol: float) -> No
     if (~nan_a).any():
         err = float(np.abs(a[~nan_a] - d[~nan_a]).max())
         assert err <= atol, f"max abs difference {err:.3g} > {atol:.3g}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Name the busy threads that would keep the interpreter from exiting (non-daemon
+    threads are joined at exit): a leaked, blocked one hangs CI after the last test."""
+    import sys
+    import threading
+    import traceback
+
+    frames = sys._current_frames()
+    for t in threading.enumerate():
+        if t is threading.main_thread() or t.daemon or t.ident not in frames:
+            continue
+        stack = traceback.extract_stack(frames[t.ident])
+        if stack and stack[-1].name == "_worker" and "work_queue.get" in (stack[-1].line or ""):
+            continue  # an idle executor thread: it ends at exit
+        sys.stderr.write(f"\nxsky tests: thread {t.name!r} is busy at session end and will "
+                         f"delay exit:\n{''.join(traceback.format_list(stack))}")
+    sys.stderr.flush()

@@ -397,6 +397,41 @@ def test_closing_or_dropping_the_iterator_stops_its_threads():
     assert sampler.state_dict()["index"] == 2
 
 
+def test_close_gives_up_on_a_stuck_batch_after_its_timeout_and_says_so(monkeypatch, caplog):
+    import xsky.train.sampler as sampler_module
+
+    release, entered = threading.Event(), threading.Event()
+    reads = []
+
+    def stuck(block: np.ndarray) -> np.ndarray:
+        reads.append(1)
+        if len(reads) > 1:  # the first read serves batch 0; the prefetched batches hang
+            entered.set()
+            release.wait(30)
+        return block
+
+    cube = synthetic()
+    # one chunk, and `meta` given so that dask calls `stuck` once per compute only
+    cube["B02"] = cube["B02"].copy(data=da.map_blocks(
+        stuck, da.from_array(cube["B02"].values), meta=np.array((), np.float32)))
+    monkeypatch.setattr(sampler_module, "_CLOSE_TIMEOUT_S", 0.5)
+    it = iter(make(cube, prefetch=2, n_shards=1))
+    try:
+        next(it)
+        assert entered.wait(30)  # batch 1 is stuck in its read
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="xsky.train.sampler"):
+            it.close()
+        assert time.monotonic() - t0 < 5  # not the 30 s the data source hangs
+        assert "did not stop within 0 s of close()" in caplog.text
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while _sampler_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _sampler_threads()  # released, the abandoned threads end
+
+
 _LEFT_OPEN = """
 import numpy as np, pandas as pd, rioxarray, xarray as xr
 from xsky.models import ModalitySpec, ModelSpec

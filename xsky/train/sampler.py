@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -40,6 +41,8 @@ from ..modalities import conversion
 from ..models import ModelSpec
 
 __all__ = ["WindowSampler"]
+
+_log = logging.getLogger(__name__)
 
 STRATEGIES = ("random", "stratified")
 _STATE_VERSION = 1
@@ -745,17 +748,41 @@ class _ShardStream:
             self.cache[(ce, cp)] = s._assemble(self.shard, ce, y0, x0, dates, got)
 
 
+#: how long :meth:`_Iterator.close` waits for the batches in the making to stop
+_CLOSE_TIMEOUT_S = 60.0
+
+
 def _shutdown(pool: ThreadPoolExecutor | None, dask_pool: ThreadPoolExecutor | None,
               stop: threading.Event, client: Any, inflight: set[Any], wait: bool) -> None:
-    """Stop the iterator's threads and cancel its cluster futures (also run on GC)."""
+    """Stop the iterator's threads and cancel its cluster futures.
+
+    ``wait=True`` (``close``) also cancels the cluster futures and joins the threads, for
+    at most ``_CLOSE_TIMEOUT_S``: a batch stuck in its data source must not make ``close``
+    (or the ``finally`` of a timed-out caller) hang for ever. ``wait=False`` is the GC
+    finalizer, which may run in any thread while that thread holds any lock: it only sets
+    the stop flag and drops references (released cluster futures are cancelled by
+    distributed itself), and never calls the client or joins."""
     stop.set()
-    if client is not None and inflight:
+    if wait and client is not None and inflight:
         with contextlib.suppress(Exception):  # a closed client has nothing left to cancel
             client.cancel(list(inflight))
-    if pool is not None:
-        pool.shutdown(wait=wait, cancel_futures=True)
-    if dask_pool is not None:
-        dask_pool.shutdown(wait=wait, cancel_futures=True)
+    inflight.clear()
+    pools = [p for p in (pool, dask_pool) if p is not None]
+    for p in pools:
+        p.shutdown(wait=False, cancel_futures=True)
+    if not wait:
+        return
+    deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+    # CPython's executors keep their threads in `_threads`; shutdown() could only join
+    # them without a bound
+    threads = [t for p in pools for t in getattr(p, "_threads", ())]
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    if stuck:
+        _log.warning("WindowSampler: %d background thread(s) (%s) did not stop within %.0f s "
+                     "of close(); their batches are abandoned", len(stuck), ", ".join(stuck),
+                     _CLOSE_TIMEOUT_S)
 
 
 class _Iterator:
