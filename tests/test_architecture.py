@@ -25,6 +25,7 @@ ALLOWED = {
     "modalities": set(),
     "geo": set(),
     "plot": {"geo", "api"},
+    "index": {"api", "engine", "io", "geo"},
     "cli": {"api", "io", "plot", "tutorial", "models", "geo", "modalities", "train"},
     # train reads cubes exactly as embed does (api._inputs), so training inputs are inference inputs
     "train": {"api", "engine", "runtime", "models", "io", "modalities", "geo", "tutorial"},

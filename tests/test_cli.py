@@ -54,7 +54,7 @@ def test_embed_items_file_matches_the_python_api(items_file, tmp_path, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)
-    assert "100% Completed" in captured.err  # the progress bar ran to the end
+    assert re.search(r"100%\|.*\| 3/3 ", captured.err)  # the progress bar ran to the end
     stored = xr.open_zarr(out, consolidated=False, decode_coords="all")["embedding"].load()
     cube = load_stac(items_file, bands=["B02", "B03", "B04", "B08"],
                      bbox=tuple(map(float, BBOX)), time="2018-01-01/2018-02-28")
@@ -223,3 +223,60 @@ def test_console_script_is_declared_and_runs():
     res = subprocess.run([sys.executable, "-m", "xsky.cli", "models", "test-*"],
                          capture_output=True, text=True, check=True, timeout=120)
     assert res.stdout.split() == ["test-tiny"]
+
+
+def test_embed_resume_continues_an_interrupted_store(tmp_path, capsys, monkeypatch):
+    from xsky.io import zarr_regions
+
+    out = tmp_path / "emb.zarr"
+    argv = [*SAMPLE, "--out", str(out), "--chunks", "x=32,y=32,time=1"]
+    orig = zarr_regions.write_region
+
+    def lost(target, index, *blocks):
+        if index in (9, 13):  # the first 8 (one compute) are written
+            raise OSError("disk full")
+        return orig(target, index, *blocks)
+
+    monkeypatch.setattr(zarr_regions, "write_region", lost)
+    assert main(argv) == 1  # a new store is written in place, so it can be resumed
+    err = capsys.readouterr().err
+    assert "disk full" in err and "--resume" in err
+    monkeypatch.undo()
+    n_done = int(zarr_regions.CompletionRecord.open(out).done().sum())
+    assert 8 <= n_done < 18
+    # without --resume the incomplete store is refused, with a pointer to --resume
+    assert main(argv) == 2
+    assert "is incomplete (an interrupted run); pass --resume" in capsys.readouterr().err
+    # other options: refused, naming what differs
+    other = [*argv, "--resume", "--edge", "pad"]
+    assert main(other) == 2
+    assert "'edge' is 'reflect' there but 'pad' now" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{18 - n_done} region(s) computed, {n_done} already complete, of 18" in err
+    from xsky.api.writing import open_embedding
+
+    stored = open_embedding(out).compute()
+    cube = xsky.tutorial.open_dataset("romania").sel(time=slice("2020-06-01", "2020-06-30"))
+    want = xsky.embed(cube.chunk({"x": 32, "y": 32, "time": 1}), "test-tiny").compute()
+    np.testing.assert_array_equal(stored.values, want.values)
+    np.testing.assert_array_equal(stored.valid_fraction.values, want.valid_fraction.values)
+    # a complete store: --resume computes nothing
+    assert main([*argv, "--resume"]) == 0
+    assert "0 region(s) computed, 18 already complete" in capsys.readouterr().err
+
+
+def test_embed_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "emb.zarr"
+    args = ["embed", "--sample", "romania", "--model", "test-tiny", "--time",
+            "2019-01-01/2019-02-28", "--out", str(out), "--dry-run"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert "test-tiny" in printed and "1.00 km²" in printed  # the 100 x 100 px sample at 10 m
+    windows = int(re.search(r"windows\s+([\d,]+)", printed).group(1).replace(",", ""))
+    emb = xsky.embed(xsky.tutorial.open_dataset("romania").sel(time=slice("2019-01-01",
+                                                                          "2019-02-28")),
+                     "test-tiny")
+    assert windows == emb.sizes["time"] * 7 * 7  # 16 px windows: 7 per axis
+    assert re.search(r"estimate here\s+\d", printed)

@@ -74,3 +74,32 @@ def test_pretraining_notebook_trains_probes_and_draws(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()
     plot = _cell(nb, "rgb = xsky.plot.pca_rgb(emb)")
     assert any("image/png" in o.get("data", {}) for o in plot.outputs)
+
+
+@pytest.mark.timeout(600)
+def test_change_and_similarity_notebook_maps_counts_searches_and_exports(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = _run(NOTEBOOKS / "04_change_and_similarity.ipynb", tmp_path)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]
+    # the composites and the months behind each side of the change
+    months = _text(_cell(nb, 'xsky.composite(years, "MS", drop_empty=True)'))
+    assert "45 acquisitions -> 20 monthly composites" in months
+    counts = _text(_cell(nb, 'out = xsky.change(emb, "2018-04/2018-10"'))
+    ref = counts.split("ref: months behind each pixel ")[1].splitlines()[0]
+    assert sum(int(v.split(": ")[1]) for v in ref.strip("{}").split(", ")) == 625
+    # the threshold, and the cloudy February with pixels without a score
+    drawn = _cell(nb, 'mask = xsky.threshold(out, "otsu")')
+    text = _text(drawn)
+    changed, valid = (int(v) for v in text.split(": ")[1].split(" pixels")[0].split(" of "))
+    assert 0 < changed < valid == 625
+    missing = int(text.split("February: ")[1].split()[0])
+    assert 0 < missing < 625
+    assert any("image/png" in o.get("data", {}) for o in drawn.outputs)
+    # the query pixels are valid, the top-k is drawn and exported with its CRS
+    assert "(5, " in _text(_cell(nb, "xsky.sample(emb, points)")) and "all valid: True" in \
+        _text(_cell(nb, "xsky.sample(emb, points)"))
+    search = _cell(nb, "top = xsky.similar(season, query")
+    assert any("image/png" in o.get("data", {}) for o in search.outputs)
+    exported = _text(_cell(nb, "to_geoparquet(top"))
+    assert "similar_top20.parquet 20 rows, CRS 3035" in exported

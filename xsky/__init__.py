@@ -15,16 +15,33 @@ from typing import TYPE_CHECKING, Any
 from . import accessor as _accessor
 from ._version import __version__
 from .api import (
+    Examples,
+    IncompleteStoreWarning,
+    Plan,
+    WriteReport,
+    change,
     classify,
     composite,
+    dequantize,
     embed,
     geo_context,
     location_embed,
     location_embed_points,
+    model_card,
+    open_embedding,
     open_prototypes,
+    plan,
     prototypes,
+    quantize,
+    sample,
     save_prototypes,
+    similar,
+    stac_item,
     stack,
+    store_dataset,
+    threshold,
+    to_raster,
+    to_zarr,
 )
 from .exceptions import (
     AlignmentError,
@@ -46,6 +63,7 @@ from .exceptions import (
 
 if TYPE_CHECKING:  # loaded on first use: they pull in odc-stac / torch / matplotlib
     from . import engine as engine
+    from . import index as index
     from . import io as io
     from . import modalities as modalities
     from . import models as models
@@ -65,32 +83,49 @@ __all__ = [
     "ChunkingError",
     "DataError",
     "DimensionError",
+    "Examples",
+    "IncompleteStoreWarning",
     "MissingDependencyError",
     "ModelError",
+    "Plan",
     "TrainingError",
     "UnitsError",
     "UnknownModelError",
     "UnsafeCheckpointError",
+    "WriteReport",
     "XSkyError",
     "__version__",
+    "change",
     "classify",
     "composite",
+    "dequantize",
     "embed",
     "geo_context",
     "load_stac",
     "location_embed",
     "location_embed_points",
+    "model_card",
+    "open_embedding",
     "open_prototypes",
+    "plan",
     "prototypes",
+    "quantize",
+    "sample",
     "save_prototypes",
+    "similar",
+    "stac_item",
     "stack",
+    "store_dataset",
+    "threshold",
+    "to_raster",
+    "to_zarr",
 ]
 
 _accessor.register()
 
 _LAZY_FUNCS = {"load_stac": "io.stac"}
-_LAZY_MODULES = ("engine", "io", "modalities", "models", "plot", "runtime", "testing", "train",
-                 "tutorial")
+_LAZY_MODULES = ("engine", "index", "io", "modalities", "models", "plot", "runtime", "testing",
+                 "train", "tutorial")
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,15 @@ METHODS: dict[str, tuple[str, str]] = {
     "prototypes": ("xsky.api.geo_prototypes", "prototypes"),
     "classify": ("xsky.api.geo_prototypes", "classify"),
     "geo_context": ("xsky.api.geo_prototypes", "geo_context"),
+    "change": ("xsky.api.change", "change"),
+    "threshold": ("xsky.api.change", "threshold"),
+    "similar": ("xsky.api.similarity", "similar"),
+    "sample": ("xsky.api.sampling", "sample"),
+    "to_zarr": ("xsky.api.writing", "to_zarr"),
+    "to_raster": ("xsky.api.export", "to_raster"),
+    "quantize": ("xsky.api.export", "quantize"),
+    "dequantize": ("xsky.api.export", "dequantize"),
+    "stac_item": ("xsky.api.export", "stac_item"),
     "plot": ("xsky.plot", "plot"),
     "pca_rgb": ("xsky.plot", "pca_rgb"),
 }
@@ -85,6 +94,7 @@ class SkyAccessor:
     """``obj.sky``: xsky's functions as methods of xarray objects (no state beyond the object).
 
     Methods: ``embed``, ``location_embed``, ``prototypes``, ``classify``, ``geo_context``,
+    ``change``, ``threshold``, ``similar``, ``sample``, ``to_zarr``, ``to_raster``, ``quantize``, ``dequantize``, ``stac_item``,
     ``plot`` and ``pca_rgb``; each is the :mod:`xsky` function of the same name with ``obj``
     as its first argument.
     """

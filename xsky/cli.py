@@ -3,7 +3,8 @@
 ``xsky embed``
     STAC items (a JSON/GeoJSON file: an Item or a FeatureCollection, e.g. a saved search) or
     an embedded sample, cropped to a bbox and a time range, embedded with a registered model
-    and written to a Zarr store, with a progress bar.
+    and written to a Zarr store region by region, with a progress bar; ``--resume``
+    continues an interrupted run.
 ``xsky models``
     List the model registry.
 ``xsky train CONFIG``
@@ -20,15 +21,18 @@ Examples
     xsky train xsky/train/recipes/default.toml --steps 20
     xsky embed --items search.geojson --bbox 22.145 45.200 22.158 45.209 \\
         --time 2018-01-01/2018-03-31 --model test-tiny --out out/emb.zarr
+    # killed half-way? the same command with --resume computes only what is missing
+    xsky embed --items search.geojson --bbox 22.145 45.200 22.158 45.209 \\
+        --time 2018-01-01/2018-03-31 --model test-tiny --out out/emb.zarr --resume
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -122,7 +126,14 @@ def _check_outputs(args: argparse.Namespace) -> Path:
             f"--out {str(out)!r}: xsky embed writes a Zarr store (a directory), not NetCDF; "
             "give a path ending in .zarr"
         )
-    check_target(out, overwrite=args.overwrite, what="--out store")
+    if not args.resume:  # with --resume an existing store is continued (to_zarr checks it)
+        from .io.zarr_regions import store_state
+
+        if not args.overwrite and store_state(out).kind == "incomplete":
+            raise ArgumentError(
+                f"--out store {str(out)!r} exists and is incomplete (an interrupted run); "
+                "pass --resume to continue it, or --overwrite to start over")
+        check_target(out, overwrite=args.overwrite, what="--out store")
     if args.preview:
         png = Path(args.preview).expanduser()
         if png.resolve() == out.resolve():
@@ -141,12 +152,60 @@ def _check_outputs(args: argparse.Namespace) -> Path:
     return out
 
 
+def _source_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What identifies the input of ``xsky embed`` across processes (part of the store's
+    fingerprint, so ``--resume`` refuses a store written from other items or crops)."""
+    import hashlib
+
+    ident: dict[str, Any] = {
+        "bbox": list(_coerce.bbox(" ".join(args.bbox), "--bbox") or ()) if args.bbox else None,
+        "time": args.time, "snow": args.snow, "modality": args.modality, "bands": args.bands,
+        "crs": args.crs, "resolution": args.resolution,
+    }
+    if args.sample:
+        ident["sample"] = args.sample
+    else:
+        items = Path(args.items).expanduser()
+        try:
+            digest = hashlib.sha256(items.read_bytes()).hexdigest()
+        except OSError:
+            digest = None  # load_stac reports the unreadable file
+        ident["items"] = {"name": items.name, "sha256": digest}
+    return ident
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """Show the ``xsky`` logger's INFO messages (resume state, summary) on stderr."""
+    import logging
+
+    logger = logging.getLogger("xsky")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("xsky: %(message)s"))
+    old = logger.level
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
 def _embed(args: argparse.Namespace) -> int:
-    import dask
-
     from .api import embed
-    from .io.store import atomic_store
+    from .api.writing import to_zarr
 
+    if args.dry_run:  # the cost plan only: nothing is written
+        from .api.planning import plan
+
+        cube = _load(args)
+        cost = plan(cube, args.model, weights=args.weights, device=args.device,
+                    batch_size=args.batch_size, edge=args.edge)
+        print(f"xsky: plan for {args.out} (dry run, nothing written)", file=sys.stderr)
+        print(cost)
+        return 0
     out = _check_outputs(args)
     cube = _load(args)
     emb = embed(
@@ -157,27 +216,19 @@ def _embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         edge=args.edge,
     )
-    ds = emb.to_dataset()
     print(
         f"xsky: embedding {dict(cube.sizes)} with {args.model!r} -> {dict(emb.sizes)} "
         f"into {out}",
         file=sys.stderr,
     )
-    # write beside the target, swap in on success: a failed or interrupted write keeps the
-    # previous result; only a store xsky wrote is ever replaced
-    with atomic_store(out, overwrite=args.overwrite, what="--out store") as tmp, \
-            warnings.catch_warnings():
-        # consolidated metadata lets a plain xr.open_zarr read the store quickly; zarr 3 notes
-        # that it is not in the v3 spec yet, which is no news to the user
-        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")
-        delayed = ds.to_zarr(tmp, mode="w-", compute=False, consolidated=True)
-        if args.progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr):
-                dask.compute(delayed)
-        else:
-            dask.compute(delayed)
+    # region by region, each recorded once it is on disk. A new store (or --resume) is
+    # written in place, so an interrupted run can be continued with --resume; --overwrite
+    # writes beside the previous store and swaps the new one in when complete (a failed or
+    # interrupted write keeps the previous result). Only a store xsky wrote is replaced.
+    resume = args.resume or not (out.exists() or out.is_symlink())
+    with _log_to_stderr():
+        to_zarr(emb, out, resume=resume, overwrite=args.overwrite,
+                progress=args.progress, source=_source_identity(args))
     if args.preview:
         import xarray as xr
 
@@ -265,8 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--edge", default="reflect", choices=_coerce.EDGES)
     e.add_argument("--preview", metavar="PNG", help="also write a PCA false-colour PNG")
     e.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    e.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into --out: only the regions not yet "
+                   "on disk are computed (refused, naming the option, if the inputs or "
+                   "options differ; with --overwrite: start over in place)")
     e.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    e.add_argument("--dry-run", action="store_true",
+                   help="print the cost plan (area, windows, FLOPs, bytes, estimated time "
+                   "from a one-chunk probe) and write nothing")
     e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print the traceback of an error (default: one line)")
     e.set_defaults(func=_embed)

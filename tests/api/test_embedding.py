@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -272,3 +273,37 @@ def test_two_embeddings_computed_together_keep_distinct_graph_keys(cube):
     np.testing.assert_array_equal(fa, ea.valid_fraction.values)
     np.testing.assert_array_equal(fb, eb.valid_fraction.values)
     assert np.nanmax(np.abs(va - vb)) > 0.1
+
+
+def test_a_one_pixel_output_has_the_transform_of_its_larger_neighbours():
+    import rioxarray  # noqa: F401
+
+    rng = np.random.default_rng(3)
+
+    def cube(n: int) -> xr.Dataset:
+        data = rng.uniform(0.01, 0.5, (4, 2, n, n)).astype(np.float32)
+        ds = xr.Dataset(
+            {b: (("time", "y", "x"), data[i], {"units": "reflectance"})
+             for i, b in enumerate(("B02", "B03", "B04", "B08"))},
+            coords={"time": pd.date_range("2021-01-01", periods=2, freq="MS"),
+                    "y": 5_000_005.0 - 10 * np.arange(n), "x": 400_005.0 + 10 * np.arange(n)})
+        return ds.rio.write_crs("EPSG:32634")
+
+    from ..conftest import WindowMean
+
+    model = WindowMean(window=16, stride=16)  # one vector per 16 px window
+    one = xsky.embed(cube(16), model)
+    two = xsky.embed(cube(32), model)
+    assert one.sizes["y"] == one.sizes["x"] == 1 and two.sizes["x"] == 2
+    assert one.rio.transform() == two.rio.transform()
+    assert tuple(one.rio.transform())[:6] == (160.0, 0.0, 400_000.0, 0.0, -160.0, 5_000_010.0)
+
+
+def test_the_inputs_credit_and_licence_travel_with_the_embedding():
+    cube = xsky.tutorial.open_dataset("romania").isel(time=slice(0, 2))
+    assert "license" in cube.attrs or "licence" in cube.attrs or "attribution" in cube.attrs
+    emb = xsky.embed(cube, "test-tiny")
+    for key in ("attribution", "license", "licence", "source", "title"):
+        if key in cube.attrs:
+            assert emb.attrs[key] == cube.attrs[key]
+    assert emb.attrs["model"] == "test-tiny"  # provenance is not overwritten by the input's

@@ -187,8 +187,12 @@ def test_device_resolution_follows_what_torch_reports(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(xsky.ArgumentError, match="device='mps' was requested but MPS"):
         resolve_device("mps")
-    # threads take turns on an accelerator; the CPU needs no lock
+    # threads take turns on an accelerator, and on the CPU while torch runs each call on
+    # several threads (two such calls at once oversubscribe the cores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert device_lock("cpu") is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert device_lock("cpu") is device_lock("cpu") is not None
     lock = device_lock("cuda:1")
     assert lock is device_lock("cuda:1") and lock is not device_lock("cuda:0")
 
@@ -275,3 +279,35 @@ def test_resources_no_worker_declares_them_is_refused_at_embed_time(cube):
         # nothing was submitted
         assert not lc.scheduler.tasks
         assert xsky.embed(cube, "test-tiny", resources={"CPU_SLOT": 1}) is not None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_model_calls_take_turns_only_while_torch_is_multithreaded(threads, monkeypatch):
+    import itertools
+    import threading
+    import time
+
+    from ..conftest import WindowMean
+
+    spans: list[tuple[float, float]] = []
+    guard = threading.Lock()
+
+    class Slow(WindowMean):
+        def embed_windows(self, inputs):
+            t0 = time.perf_counter()
+            time.sleep(0.05)
+            with guard:
+                spans.append((t0, time.perf_counter()))
+            return super().embed_windows(inputs)
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    cube = synthetic_s2_cube(64, 64, 1, bands=("B02", "B03")).chunk(y=16, x=16)
+    xsky.embed(cube, Slow(window=16, stride=16), device="cpu").compute(
+        scheduler="threads", num_workers=4)
+    spans.sort()
+    overlapping = sum(b0 < a1 for (_, a1), (b0, _) in itertools.pairwise(spans))
+    assert len(spans) == 16
+    if threads > 1:
+        assert overlapping == 0  # one forward at a time
+    else:
+        assert overlapping > 0  # single-threaded forwards run side by side

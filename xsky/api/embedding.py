@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["embed"]
 
+#: attributes of the input copied onto the embedding: the data's credit and licence
+_CREDIT_ATTRS = ("attribution", "license", "licence", "source", "title")
+
 
 def _resolve_model(model: Any, weights: Any, options: Mapping[str, Any]) -> EmbeddingModel:
     from ..models import EmbeddingModel
@@ -239,6 +242,16 @@ def embed(
                          precision=precision, edge=edge)
     data = _graph(arrays, task, plan, resources, net)
     out = _wrap_result(data, cubes, plan, net, task, edge=edge, overlap=overlap)
+    # the data's credit travels with what is made from it (maps, stores, STAC items)
+    source_attrs = obj.attrs if not isinstance(obj, xr.DataTree) else obj.to_dataset().attrs
+    for key in _CREDIT_ATTRS:
+        if key in source_attrs and key not in out.attrs:
+            out.attrs[key] = source_attrs[key]
+    from ..io.zarr_regions import input_identity
+
+    ident = input_identity(obj)  # source files and STAC items: what a resumed write checks
+    if ident is not None:
+        out.attrs["input_identity"] = json.dumps(ident, sort_keys=True, default=str)
     if geo_context is not None:
         from .geo_prototypes import geo_context as _geo_context
 
@@ -370,6 +383,15 @@ def _wrap_result(data: da.Array, cubes: Mapping[str, Cube], plan: _Plan, net: Em
     out = xr.DataArray(data, dims=dims, coords=coords, name="embedding")
     out = out.assign_coords(valid_fraction=(vf_dims, fraction))
     out = write_crs(out, plan.crs)
+    if len(ycoord) == 1 or len(xcoord) == 1:
+        # one pixel along an axis: its size cannot be read off the coordinates, so the
+        # transform is stored (only then: a stored transform goes stale under out[::2])
+        from affine import Affine
+
+        dy = ref.dy * spec.stride * (-1 if flip_y else 1)
+        dx = ref.dx * spec.stride * (-1 if flip_x else 1)
+        x0, y0 = float(xcoord[0]), float(ycoord[0])
+        out = out.rio.write_transform(Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2))
     out.attrs.update(_provenance(net, spec, edge, overlap, task.modalities, task.device,
                                  task.precision, cubes))
     return out
@@ -432,6 +454,7 @@ def _provenance(net: EmbeddingModel, spec: ModelSpec, edge: str, overlap: int,
         "overlap": int(overlap),
         "edge": edge,
         "output_kind": spec.output,
+        "fuses_time": str(bool(spec.fuses_time)).lower(),
         "modalities": ",".join(m.name for m in mods),
         "normalization": json.dumps(norm),
         "input_units": json.dumps(inputs),

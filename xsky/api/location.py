@@ -33,6 +33,7 @@ from ..exceptions import (
 )
 from ..geo import get_crs, grid_info, spatial_dims, write_crs
 from ..models.spec import LocationRef
+from .sampling import is_geo
 
 if TYPE_CHECKING:
     from ..models.satclip import LocationEncoder
@@ -299,6 +300,15 @@ def _frame_columns(df: Any) -> tuple[Any, Any]:
     return lon, lat
 
 
+def _geo_lonlat(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude/latitude (EPSG:4326) of a GeoDataFrame's or GeoSeries' point geometry."""
+    from .sampling import _point_xy, geo_crs, transform_xy
+
+    src = geo_crs(gdf, None, "the GeoDataFrame")
+    x, y = _point_xy(np.asarray(gdf.geometry), "the GeoDataFrame")
+    return transform_xy(x, y, src, "EPSG:4326")
+
+
 def location_embed_points(
     lon: Any,
     lat: Any = None,
@@ -316,8 +326,10 @@ def location_embed_points(
     ----------
     lon
         Longitudes (array-like or pandas Series), or a pandas DataFrame with lon/lat columns
-        (``lon``/``lat``, ``longitude``/``latitude``, or ``x``/``y``), in which case the
-        model may be passed second: ``location_embed_points(df, model)``.
+        (``lon``/``lat``, ``longitude``/``latitude``, or ``x``/``y``), or a GeoDataFrame
+        (or GeoSeries) of points in any CRS (its geometry is used, converted to
+        EPSG:4326 lon/lat); with a frame the model may be passed second:
+        ``location_embed_points(df, model)``.
     lat
         Latitudes in [-90, 90], same length as ``lon``.
     model
@@ -358,7 +370,17 @@ def location_embed_points(
     import pandas as pd
 
     index = None
-    if isinstance(lon, pd.DataFrame):
+    if is_geo(lon):  # a GeoDataFrame / GeoSeries of points, in its own CRS
+        if model is None and lat is not None and _is_model_like(lat):
+            model, lat = lat, None
+        if lat is not None:
+            raise ArgumentError(
+                "with a GeoDataFrame, pass the model second (location_embed_points(gdf, "
+                "model)); its geometry gives the points"
+            )
+        index = lon.index
+        lon, lat = _geo_lonlat(lon)
+    elif isinstance(lon, pd.DataFrame):
         if model is None and lat is not None and _is_model_like(lat):
             model, lat = lat, None
         if lat is not None:

@@ -802,6 +802,8 @@ def load_stac(
             "modality": modality,
             "collection": collection or "",
             "loader": "xsky.load_stac (odc-stac)",
+            # the input's identity for resumable writes (xsky.to_zarr checks it)
+            "stac_items": json.dumps(sorted(str(it.id) for it in item_list)),
         }
     )
     return ds
