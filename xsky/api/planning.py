@@ -260,6 +260,8 @@ _PROBE_BATCHES = 8
 #: timed runs of a probe shorter than ``_PROBE_MIN_S`` (at most ``_PROBE_REPEATS``)
 _PROBE_MIN_S = 1.0
 _PROBE_REPEATS = 5
+#: a real chunk is probed instead of a small block when it would take at most this long
+_PROBE_BUDGET_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -297,11 +299,10 @@ def _probe(cubes: Mapping[str, Any], net: Any, spec: Any, p: Any,
     computed with its ``valid_fraction`` by the synchronous scheduler: the first run pays
     the warm-up and counts the FLOPs, the next is timed (the best of up to
     ``_PROBE_REPEATS`` for a short block), with the model's share of it measured, from
-    which :meth:`_Probe.wall_per_window` scales to a threaded run."""
-    import dask
-
-    from ..engine.flops import FlopCounter
-    from .embedding import _graph, _plan, _task
+    which :meth:`_Probe.wall_per_window` scales to a threaded run. When the small block
+    shows that a real chunk would take at most ``_PROBE_BUDGET_S``, the real chunk is
+    timed instead."""
+    from .embedding import _plan
 
     batch = _coerce.optional_positive_int(embed_options.get("batch_size"), "batch_size",
                                           spec.default_batch_size)
@@ -321,8 +322,24 @@ def _probe(cubes: Mapping[str, Any], net: Any, spec: Any, p: Any,
             small[name] = dataclasses.replace(
                 c, bands=[b.rechunk(chunks) for b in c.bands],
                 valid=None if c.valid is None else c.valid.rechunk(chunks))
-        cubes = small
-        p = _plan(cubes, spec, overlap)
+        pr = _time_block(small, _plan(small, spec, overlap), net, spec, embed_options, batch)
+        if pr.seconds / pr.windows * widest > _PROBE_BUDGET_S:
+            return pr
+        # a light model: the real chunk costs little more and carries the per-chunk costs
+        # (reading, halos) that a small block overstates per window
+        real = _time_block(cubes, p, net, spec, embed_options, batch)
+        return dataclasses.replace(real, warmup_s=pr.warmup_s)
+    return _time_block(cubes, p, net, spec, embed_options, batch)
+
+
+def _time_block(cubes: Mapping[str, Any], p: Any, net: Any, spec: Any,
+                embed_options: Mapping[str, Any], batch: int) -> _Probe:
+    """Time the central output block of plan ``p`` (see :func:`_probe`)."""
+    import dask
+
+    from ..engine.flops import FlopCounter
+    from .embedding import _graph, _task
+
     task, arrays = _task(
         net, cubes, p, device=_coerce.device(embed_options.get("device", "auto")),
         batch_size=batch, precision=_coerce.precision(embed_options.get("precision", "float32")),

@@ -7,12 +7,12 @@ clear error names what to install when they are missing.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..exceptions import ArgumentError, CRSError, DimensionError, MissingDependencyError
+from .store import atomic_file
 
 __all__ = ["require_geopandas", "to_geoparquet"]
 
@@ -118,11 +118,6 @@ def to_geoparquet(df: Any, path: str | os.PathLike[str], *, crs: Any = None,
             "GeoParquet export needs the optional dependency 'pyarrow', which is not "
             "installed; install it with `pip install pyarrow` (the 'geo' extra)"
         ) from err
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_file(target) as tmp:
         gdf.to_parquet(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target

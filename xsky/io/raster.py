@@ -14,9 +14,7 @@ and moved into place when complete, and an existing file is replaced only with
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from .conventions import (
     grid_transform,
     is_quantized,
 )
-from .store import MARKER, check_target
+from .store import MARKER, atomic_file, check_target
 
 __all__ = ["to_raster"]
 
@@ -246,10 +244,8 @@ def to_raster(
         profile["compress"] = str(compress).upper()
     if not cog:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.xsky-tmp-{uuid.uuid4().hex[:8]}.tif")
-    check_target(tmp, overwrite=False, what="raster")  # the folder is writable
-    try:
+    with atomic_file(final, suffix=".tif") as tmp:
+        check_target(tmp, overwrite=False, what="raster")  # the folder is writable
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(values)
             for i, feat in enumerate(features, start=1):
@@ -258,9 +254,4 @@ def to_raster(
                 dst.scales = tuple(float(s) for s in scale)
                 dst.offsets = tuple(float(o) for o in offset)
             dst.update_tags(**tags)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return final

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..exceptions import ArgumentError
 
-__all__ = ["MARKER", "NETCDF_ATTR", "atomic_store", "check_target", "is_xsky_store", "mark"]
+__all__ = ["MARKER", "NETCDF_ATTR", "atomic_file", "atomic_store", "check_target", "is_xsky_store",
+           "mark"]
 
 #: root attribute of the stores xsky created (Zarr group attrs, NetCDF global attrs)
 MARKER = "xsky_store"
@@ -166,6 +167,24 @@ def atomic_store(path: str | os.PathLike[str], *, overwrite: bool,
             os.replace(old, final)  # put the previous result back
         raise
     _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary sibling of the file ``final`` to write, moved onto ``final`` on success.
+
+    On any error the temporary is removed and ``final`` is left as it was (checking that
+    ``final`` may be replaced is the caller's: :func:`check_target`). ``suffix`` keeps
+    drivers that go by the extension (GDAL) happy."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.xsky-tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _remove(p: Path) -> None:
