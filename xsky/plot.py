@@ -231,6 +231,22 @@ def _pixel_grid(mask: np.ndarray, yv: np.ndarray, xv: np.ndarray
     return xs, ys, np.pad(m, 1)
 
 
+def _scalar_map(ax: Any, da: xr.DataArray, ydim: str, xdim: str, img: np.ndarray,
+                missing: np.ndarray, cmap: Any, vmin: float, vmax: float,
+                **imshow_kwargs: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """Draw a one-value-per-pixel map on ``da``'s coordinates, NaN in the missing colour
+    and the ``missing`` pixels hatched; returns the axes, the image and the coordinates."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 5.2))
+    yv = np.asarray(da[ydim].values, np.float64)
+    xv = np.asarray(da[xdim].values, np.float64)
+    cm = plt.get_cmap(cmap).with_extremes(bad=_MISSING_FACE)
+    im = _show(ax, img, yv, xv, cmap=cm, vmin=vmin, vmax=vmax, **imshow_kwargs)
+    _hatch(ax, missing, yv, xv)
+    return ax, im, yv, xv
+
+
 def _hatch(ax: Any, missing: np.ndarray, yv: np.ndarray, xv: np.ndarray) -> Any:
     """Hatch the ``missing`` pixels (a contourf with gid ``xsky-missing``)."""
     import matplotlib as mpl
@@ -596,7 +612,7 @@ def change_map(
     >>> out = xsky.change(emb, "2018", "2020")  # doctest: +SKIP
     >>> ax = xsky.plot.change_map(out, mask=xsky.threshold(out), min_count=3)  # doctest: +SKIP
     """
-    plt = _pyplot()
+    _pyplot()  # matplotlib, or an error naming the extra to install
     if mask_style not in _MASK_STYLES:
         raise ArgumentError(f"mask_style={mask_style!r}; choose one of "
                             f"{format_choices(_MASK_STYLES)}")
@@ -664,13 +680,8 @@ def change_map(
     vmin = lo if vmin is None else vmin
     vmax = hi if vmax is None else vmax
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 5.2))
-    yv = np.asarray(score[ydim].values, np.float64)
-    xv = np.asarray(score[xdim].values, np.float64)
-    cm = plt.get_cmap(cmap).with_extremes(bad=_MISSING_FACE)
-    im = _show(ax, img, yv, xv, cmap=cm, vmin=vmin, vmax=vmax, **imshow_kwargs)
-    _hatch(ax, missing, yv, xv)
+    ax, im, yv, xv = _scalar_map(ax, score, ydim, xdim, img, missing, cmap, vmin, vmax,
+                                 **imshow_kwargs)
     handles = []
     if missing.any():
         if c is None or min_count == 0:
@@ -952,7 +963,7 @@ def similarity_map(
     >>> top = xsky.similar(emb, query, time="2020-07-01", k=20)  # doctest: +SKIP
     >>> ax = xsky.plot.similarity_map(sim, query, top=top, time="2020-07-01")  # doctest: +SKIP
     """
-    plt = _pyplot()
+    _pyplot()  # matplotlib, or an error naming the extra to install
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
@@ -997,13 +1008,8 @@ def similarity_map(
     dst = _map_crs(sim)
     marks = _query_marks(query, dst, crs)
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 5.2))
-    yv = np.asarray(sim[ydim].values, np.float64)
-    xv = np.asarray(sim[xdim].values, np.float64)
-    cm = plt.get_cmap(cmap).with_extremes(bad=_MISSING_FACE)
-    im = _show(ax, img, yv, xv, cmap=cm, vmin=vmin, vmax=vmax, **imshow_kwargs)
-    _hatch(ax, missing, yv, xv)
+    ax, im, yv, xv = _scalar_map(ax, sim, ydim, xdim, img, missing, cmap, vmin, vmax,
+                                 **imshow_kwargs)
     handles = []
     if missing.any():
         handles.append(_missing_handle(f"missing: no valid embedding ({int(missing.sum())} px)"))

@@ -242,7 +242,12 @@ class _Job:
     @classmethod
     def build(cls, emb: xr.DataArray | xr.Dataset, region_chunks: Mapping[str, int] | None,
               source: Any) -> _Job:
-        from ..io.zarr_regions import embedding_fingerprint, plan_regions, region_areas_km2
+        from ..io.zarr_regions import (
+            embedding_fingerprint,
+            plan_regions,
+            region_areas_km2,
+            spatial_or_none,
+        )
 
         ds = _dataset_to_write(emb)
         ds = _lazy_and_regular(ds)
@@ -269,7 +274,7 @@ class _Job:
         kind = "dataarray" if isinstance(emb, xr.DataArray) else "dataset"
         meta = {"kind": kind, "name": str(next(iter(ds.data_vars))) if kind == "dataarray"
                 else None, "lazy": list(lazy)}
-        ydim, xdim = _spatial(ds)
+        ydim, xdim = spatial_or_none(ds)
         crs = fingerprint.get("crs")
         areas = region_areas_km2(plan, ds[xdim].values if xdim in ds.coords else None,
                                  ds[ydim].values if ydim in ds.coords else None,
@@ -288,15 +293,6 @@ def _dataset_attrs(ds: xr.Dataset) -> dict[str, Any]:
     for name, v in ds.data_vars.items():
         out.update({f"{name}.{k}": a for k, a in v.attrs.items()})
     return out
-
-
-def _spatial(ds: xr.Dataset) -> tuple[str | None, str | None]:
-    from ..geo import spatial_dims
-
-    try:
-        return spatial_dims(ds)
-    except Exception:
-        return None, None
 
 
 def _lazy_and_regular(ds: xr.Dataset) -> xr.Dataset:

@@ -276,7 +276,7 @@ def embedding_fingerprint(ds: xr.Dataset, attrs: Mapping[str, Any], plan: Region
     fp["input"] = _jsonable(source)
     fp["shape"] = {str(d): int(n) for d, n in ds.sizes.items()}
     fp["crs"] = _crs_text(ds)
-    ydim, xdim = _spatial(ds)
+    ydim, xdim = spatial_or_none(ds)
     if ydim is not None and xdim is not None:
         xv, yv = ds[xdim].values, ds[ydim].values
         fp["bbox"] = [_jsonable(v) for v in (xv.min(), yv.min(), xv.max(), yv.max())]
@@ -297,7 +297,8 @@ def embedding_fingerprint(ds: xr.Dataset, attrs: Mapping[str, Any], plan: Region
     return out
 
 
-def _spatial(ds: xr.Dataset) -> tuple[str | None, str | None]:
+def spatial_or_none(ds: xr.Dataset) -> tuple[str | None, str | None]:
+    """The ``(y, x)`` dims of ``ds``, or ``(None, None)`` when it has none (no error)."""
     from ..geo import spatial_dims
 
     try:
