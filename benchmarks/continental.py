@@ -7,6 +7,8 @@ grid (lazily: every tile is the same numpy data, so the input costs no memory) a
 - the plan's estimate (``xsky.plan``, one-chunk probe) next to the measured time;
 - km²/h and peak RSS of the uninterrupted run (a subprocess each, so RSS is the run's own),
   and of a run on a quarter of the area (the memory of a streamed write must not grow with it);
+- the model's duty cycle in the uninterrupted run: seconds inside model calls
+  (:func:`xsky.runtime.device.busy_seconds`) / wall seconds of the write;
 - a run killed with SIGKILL at about half its regions, then resumed: regions computed on resume,
   its time against the uninterrupted run, and whether the two stores are identical.
 
@@ -50,11 +52,13 @@ if out == "plan":
     print(json.dumps({"plan_s": time.perf_counter() - t0, "estimate_s": p.seconds,
                       "windows": p.windows, "area_km2": p.area_km2, "chunks": p.chunks}))
     sys.exit(0)
+from xsky.runtime.device import busy_seconds
 emb = xsky.embed(ds, model)
-t0 = time.perf_counter()
+busy0, t0 = busy_seconds(), time.perf_counter()
 rep = xsky.to_zarr(emb, out, progress=False, source={"benchmark": "continental", "tiles": tiles})
 print(json.dumps({"seconds": time.perf_counter() - t0, "computed": rep.computed,
                   "skipped": rep.skipped, "regions": rep.regions, "area_km2": rep.area_km2,
+                  "model_s": busy_seconds() - busy0,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -104,6 +108,9 @@ def main() -> None:
               f"{full['area_km2'] / full['seconds'] * 3600:,.0f} km²/h, {full['regions']} regions,"
               f" peak RSS {full['rss_mb']:.0f} MB; plan/measured "
               f"{plan['estimate_s'] / full['seconds']:.2f}")
+        print(f"model busy {full['model_s']:.2f} s of {full['seconds']:.1f} s wall: duty cycle "
+              f"{full['model_s'] / full['seconds']:.2f} (model seconds / wall seconds, "
+              "batch_size auto)")
         print(f"a quarter of the area: {quarter['seconds']:.1f} s, peak RSS "
               f"{quarter['rss_mb']:.0f} MB (full area / quarter: "
               f"{full['rss_mb'] / quarter['rss_mb']:.2f}x RSS for 4x the area)")

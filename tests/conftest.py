@@ -159,3 +159,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sys.stderr.write(f"\nxsky tests: thread {t.name!r} is busy at session end and will "
                          f"delay exit:\n{''.join(traceback.format_list(stack))}")
     sys.stderr.flush()
+
+
+@pytest.fixture
+def isolated_batch_sizes() -> Iterator[Any]:
+    """The automatic batch sizes of this process (xsky.runtime.batching), emptied for one
+    test; what was there before comes back after."""
+    from xsky.runtime import batching
+
+    saved = dict(batching._SIZES)
+    batching._SIZES.clear()
+    try:
+        yield batching
+    finally:
+        batching._SIZES.clear()
+        batching._SIZES.update(saved)

@@ -97,6 +97,13 @@ def test_embed_sample_writes_store_and_preview(tmp_path, capsys):
     img = mpimg.imread(png)
     assert img.ndim == 3 and img.shape[2] in (3, 4)
     assert img[..., :3].std() > 0.01  # not a blank image
+    # and it is the preview of these values: the same picture drawn from the API's result
+    from xsky.plot import save_preview
+
+    expected = mpimg.imread(save_preview(want, tmp_path / "want.png"))
+    assert img.shape == expected.shape
+    assert img.shape[0] % stored.sizes["y"] == 0 and img.shape[1] % stored.sizes["x"] == 0
+    np.testing.assert_allclose(img, expected, atol=2 / 255)  # 8-bit colours, 1e-6 inputs
 
 
 def test_embed_refuses_to_overwrite_and_reports_bad_input(items_file, tmp_path, capsys):

@@ -62,6 +62,10 @@ def test_match_bands_maps_aliases_and_reports_missing_and_duplicate_bands():
 @pytest.mark.parametrize(("node", "modality"), [
     ("s2", "s2"), ("Sentinel-2", "s2"), ("sentinel2", "s2"), ("S1", "s1"), ("sentinel-1", "s1"),
     ("hr", "hr"), ("HighRes", "hr"), ("landsat", None),
+    # every node name the table lists (a dropped one would send that node nowhere)
+    ("sentinel_2", "s2"), ("sentinel1", "s1"), ("Sentinel_1", "s1"), ("high_res", "hr"),
+    ("aerial", "hr"), ("era5", "era5"), ("srtm", "srtm"), ("DEM", "srtm"),
+    ("dynamic_world", "dw"), ("DynamicWorld", "dw"), ("dw", "dw"),
 ])
 def test_datatree_node_names(node, modality):
     assert modality_of_node(node) == modality
@@ -409,3 +413,18 @@ def test_a_modality_keeps_its_own_copy_of_the_plausibility_table():
     m = Modality("x", ("A",), units=("db",), int_units="db", float_units="db", plausible=table)
     table.clear()
     assert set(m.plausible) == {"db"} and type(m.plausible) is dict
+
+
+def test_s2_plausibility_bounds_are_the_documented_ones():
+    # reflectance mostly in [-0.2, 2] (cloud and snow ~1.5); DN = reflectance x 10 000 with
+    # the L2A -1000 offset: an error message quotes these, so they are part of the contract
+    s2 = modalities.get("s2").plausible
+    assert s2["reflectance"].describe() == "1st percentile >= -0.2, 99th percentile <= 2"
+    assert not s2["reflectance"].fits(-0.3, 0.1, 0.5)  # e.g. the offset applied twice
+    assert s2["dn"].describe() == "1st percentile >= -2000, 99th percentile in [2, 65535]"
+
+
+def test_terrain_is_the_only_static_layer():
+    # a static layer joins dated ones without a time axis; anything else must have dates
+    assert [n for n in modalities.names() if modalities.get(n).static] == ["srtm"]
+

@@ -10,10 +10,14 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def _run(path: Path, tmp_path: Path):
+def _run(path: Path, tmp_path: Path, extra: str | None = None):
+    """Execute the notebook (with ``extra`` appended as a last code cell, to read back
+    what the reader's variables hold)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
+    if extra is not None:
+        nb.cells.append(nbformat.v4.new_code_cell(extra))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
@@ -39,9 +43,24 @@ def _text(cell) -> str:
 
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_runs(tmp_path):
-    nb = _run(NOTEBOOKS / "01_quickstart.ipynb", tmp_path)
+    probe = ("print('PROBE', clear, repr(float(np.nansum(day.values.astype('float64')))), "
+             "repr(float(day.valid_fraction.values.mean())))")
+    nb = _run(NOTEBOOKS / "01_quickstart.ipynb", tmp_path, extra=probe)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                 if o.output_type == "error"]
+    # the day the reader looks at holds the embedding xsky computes for that date here
+    import xsky
+
+    _, clear, total, frac = _text(_cell(nb, "print('PROBE'")).split()
+    cube = xsky.tutorial.open_dataset("romania")
+    assert int(clear) == int(cube.valid.mean(["y", "x"]).argmax())
+    want = xsky.embed(cube.isel(time=[int(clear)]), "test-tiny").isel(time=0).compute()
+    assert float(total) == pytest.approx(float(np.nansum(want.values.astype("float64"))),
+                                         rel=1e-5)
+    assert float(frac) == pytest.approx(float(want.valid_fraction.values.mean()), rel=1e-6)
+    assert "(time: 99, y: 25, x: 25, feature: 16)" in _text(_cell(nb, 'emb = cube.sky.embed('))
+    assert "'prototype': 6, 'feature': 16" in _text(_cell(nb, "emb.sky.prototypes(k=6"))
+    assert "EPSG:3035 (40.0, -40.0)" in _text(_cell(nb, "print(emb.rio.crs"))
     # what the reader is told: the model's contract ...
     spec = _text(_cell(nb, 'get_model_spec("test-tiny")'))
     assert "'test-tiny'" in spec and "(('B02', 'B03', 'B04', 'B08'), 16, 4, 16)" in spec

@@ -217,7 +217,7 @@ def test_similarity_map_needs_a_date_on_a_time_map():
         similarity_map(sim)
     ax = similarity_map(sim, time="2020-04-01")
     assert "2020-04-01" in ax.get_title()
-    with pytest.raises(xsky.ArgumentError, match="cannot draw a set"):
+    with pytest.raises(xsky.ArgumentError, match="cannot use a set"):
         similarity_map(sim, {1, 2}, time=0)
 
 

@@ -72,6 +72,7 @@ TARGETS: dict[str, Target] = {
         "tests/engine/test_kernel.py",
         "tests/engine/test_valid_fraction.py",
         "tests/api/test_embedding.py",
+        "tests/api/test_orientation.py",
     )),
     "kernel": Target("xsky/engine/kernel.py", (
         "tests/engine/test_kernel.py",
@@ -82,6 +83,10 @@ TARGETS: dict[str, Target] = {
         "tests/api/test_units.py",
         "tests/api/test_embedding_errors.py",
         "tests/api/test_skysense_embedding.py",
+        "tests/engine/test_runtime.py",
+        "tests/models/test_contract.py",
+        "tests/engine/test_normalise.py",
+        "tests/engine/test_auto_batch.py",
     )),
     "modalities": Target("xsky/modalities.py", (
         "tests/test_modalities.py",
@@ -90,11 +95,15 @@ TARGETS: dict[str, Target] = {
         "tests/api/test_units.py",
         "tests/api/test_stacking.py",
         "tests/api/test_embedding_errors.py",
+        "tests/io/test_stac.py",
+        "tests/api/test_static_layers.py",
     )),
     "cache": Target("xsky/runtime/cache.py", (
         "tests/runtime/test_cache.py",
         "tests/runtime/test_cache_keys.py",
         "tests/engine/test_location.py",
+        "tests/engine/test_runtime.py",
+        "tests/models/test_registry.py",
     )),
     "masks": Target("xsky/io/masks.py", (
         "tests/io/test_masks.py",
@@ -105,6 +114,7 @@ TARGETS: dict[str, Target] = {
         "tests/engine/test_valid_fraction.py",
         "tests/engine/test_kernel.py",
         "tests/api/test_embedding.py",
+        "tests/engine/test_plan.py",
     ), only=("_cell_fraction", "build_valid_fraction", "chunk_with_halo")),
     "sh": Target("xsky/models/_sh.py", (
         "tests/models/test_satclip_sh.py",
@@ -113,10 +123,13 @@ TARGETS: dict[str, Target] = {
     "sinkhorn": Target("xsky/engine/prototypes.py", (
         "tests/engine/test_sinkhorn.py",
         "tests/engine/test_prototypes.py",
+        "tests/api/test_geo_prototypes.py",
     ), only=("_logsumexp", "sinkhorn_knopp", "_EXP_RANGE", "_sinkhorn_exp", "_sinkhorn_log")),
     "scaling": Target("xsky/io/scaling.py", (
         "tests/io/test_scaling.py",
         "tests/io/test_stac.py",
+        "tests/io/test_stac_errors.py",
+        "tests/api/test_units.py",
     )),
 }
 

@@ -756,28 +756,11 @@ class _Marks:
         self.rings.setdefault(role, []).append(xy)
 
 
-def _is_xy(value: Any) -> bool:
-    return (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, int | float | np.integer | np.floating)
-                    and not isinstance(v, bool) for v in value))
-
-
-def _is_vector(value: Any) -> bool:
-    if isinstance(value, np.ndarray | xr.DataArray):
-        return True
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-        for v in value)
-
-
 class _QueryDrawer:
     """Turns a query (any form :func:`xsky.similar` takes) into marks in the map's CRS."""
 
     def __init__(self, dst: Any, crs: Any) -> None:
-        from .api.sampling import _crs_of
-
         self.dst = dst
-        self.src = None if crs is None else _crs_of(crs)
         self.crs = crs
         self.marks = _Marks({}, {})
 
@@ -796,66 +779,42 @@ class _QueryDrawer:
     def _geoms(self, role: str, geoms: np.ndarray, src: Any, what: str) -> None:
         import shapely
 
+        from .api.similarity import _MULTIPOINT, _POINT
+
         for geom in geoms:
-            kind = shapely.get_type_id(geom)
-            if kind in (0, 4):  # Point, MultiPoint
+            if shapely.get_type_id(geom) in (_POINT, _MULTIPOINT):
                 parts = shapely.get_parts(geom)
                 x, y = self._to_map(shapely.get_x(parts), shapely.get_y(parts), src, what)
                 self.marks.add_points(role, x, y)
-            elif kind in (3, 6):  # Polygon, MultiPolygon
-                for poly in shapely.get_parts(geom):
-                    for ring in (poly.exterior, *poly.interiors):
-                        xy = np.asarray(ring.coords, np.float64)
-                        x, y = self._to_map(xy[:, 0], xy[:, 1], src, what)
-                        self.marks.add_ring(role, np.column_stack([x, y]))
-            else:
-                raise ArgumentError(f"{what} holds a {geom.geom_type}; a query geometry is a "
-                                    "Point, MultiPoint, Polygon or MultiPolygon")
+                continue
+            for poly in shapely.get_parts(geom):  # Polygon, MultiPolygon
+                for ring in (poly.exterior, *poly.interiors):
+                    xy = np.asarray(ring.coords, np.float64)
+                    x, y = self._to_map(xy[:, 0], xy[:, 1], src, what)
+                    self.marks.add_ring(role, np.column_stack([x, y]))
 
     def add(self, role: str, item: Any, what: str) -> None:
-        import shapely
+        from .api.similarity import query_parts
 
-        from .api.sampling import frame_xy, geo_crs, is_geo
-
-        if item is None or _is_vector(item):
-            return  # a vector has no place on the map
-        if _is_xy(item):
-            x, y = self._to_map(np.array([item[0]]), np.array([item[1]]), self.src, what)
-            self.marks.add_points(role, x, y)
-        elif isinstance(item, shapely.Geometry):
-            self._geoms(role, np.array([item], dtype=object), self.src, what)
-        elif is_geo(item):
-            self._geoms(role, np.asarray(item.geometry, dtype=object),
-                        geo_crs(item, self.crs, what), what)
-        elif isinstance(item, pd.DataFrame):
-            cols = {str(c).lower() for c in item.columns}
-            if "geometry" in cols and not {"x", "y", "lon", "lat"} & cols:
-                self._geoms(role, np.asarray(item["geometry"], dtype=object), self.src, what)
-            else:
-                x, y, src = frame_xy(item, self.crs, what)
-                x, y = self._to_map(x, y, src, what)
+        if item is None:
+            return
+        for part in query_parts(item, self.crs, what):
+            if part.kind == "points":
+                assert part.x is not None and part.y is not None
+                x, y = self._to_map(part.x, part.y, part.src, part.what)
                 self.marks.add_points(role, x, y)
-        elif isinstance(item, list | tuple):
-            for i, sub in enumerate(item):
-                self.add(role, sub, f"{what}[{i}]")
-        else:
-            raise ArgumentError(
-                f"cannot draw a {type(item).__name__} as {what}; pass the query given to "
-                "xsky.similar: a point (x, y), a list of points, a shapely geometry, a "
-                "(Geo)DataFrame, a vector, or xsky.Examples"
-            )
+            elif part.kind == "geometries":
+                assert part.geoms is not None
+                self._geoms(role, part.geoms, part.src, part.what)
+            # a vector has no place on the map
 
 
 def _query_marks(query: Any, dst: Any, crs: Any) -> _Marks:
-    from .api.similarity import Examples
+    from .api.similarity import Examples, _as_examples
 
     drawer = _QueryDrawer(dst, crs)
     if isinstance(query, Mapping):
-        unknown = set(query) - {"positive", "negative"}
-        if unknown:
-            raise ArgumentError(f"a dict query takes the keys 'positive' and 'negative', got "
-                                f"{sorted(unknown)}")
-        query = Examples(query.get("positive"), query.get("negative"))
+        query = _as_examples(query)
     if isinstance(query, Examples):
         for role, items in (("positive", query.positive), ("negative", query.negative)):
             for i, item in enumerate(items):

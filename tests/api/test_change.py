@@ -205,7 +205,7 @@ def test_freq_composites_each_period_first():
     want, wz = series_scores(yearly, np.ones(len(yearly), bool), method="euclidean")
     assert [str(t)[:4] for t in out.time.values] == [str(y) for y in np.unique(years)]
     np.testing.assert_allclose(out.score.values, want, atol=1e-5)
-    np.testing.assert_allclose(out.zscore.values, wz, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.zscore.values, wz, rtol=1e-6, atol=1e-6)  # 0 is reached
     np.testing.assert_array_equal(out.valid_count.values[:, 0, 0],
                                   [int((years == y).sum()) for y in np.unique(years)])
 

@@ -77,15 +77,21 @@ def test_windows_match_a_direct_model_call(cube):
     t = 1
     win = _norm(x[t, :, 16:32, 16:32], valid[t, 16:32, 16:32])
     ref = _tiny(win)
-    np.testing.assert_allclose(emb[t, 4:8, 4:8], np.where(np.isnan(emb[t, 4:8, 4:8]), np.nan, ref),
-                               atol=1e-5)
+    # NaN exactly at the cells without a valid pixel (from the input, not from the output)
+    cells = valid[t, 16:32, 16:32].reshape(4, 4, 4, 4).any(axis=(1, 3))
+    ref[~cells] = np.nan
+    assert_close_nan(emb[t, 4:8, 4:8], ref, 1e-5)
     # the last windows start at 48 (y) and 32 (x); y is reflect-padded from 50 to 64
     xp = reflect_pad(reflect_pad(x[t], 0, 14, 1), 0, 3, 2)
     vp = reflect_pad(reflect_pad(valid[t], 0, 14, 0), 0, 3, 1)
     ref = _tiny(_norm(xp[:, 48:64, 32:48], vp[48:64, 32:48]))
-    got = emb[t, 12:13, 8:12]
-    mask = ~np.isnan(got)
-    np.testing.assert_allclose(got[mask], ref[0:1, :4][mask], atol=1e-5)
+    want = ref[0:1, :4].copy()
+    # the last cells hold rows 48, 49 (of 50) and column 44 (of 45): padding never makes
+    # a cell valid
+    real = np.zeros((4, 16), bool)
+    real[:2, :13] = valid[t, 48:50, 32:45]
+    want[~real.reshape(1, 4, 4, 4).any(axis=(1, 3))] = np.nan
+    assert_close_nan(emb[t, 12:13, 8:12], want, 1e-5)
 
 
 @pytest.mark.parametrize("overlap", [0, 4])
@@ -111,16 +117,18 @@ def test_batch_size_does_not_change_results(cube):
 
 def test_overlap_keeps_window_centres(cube):
     """With overlap 4, window k reads [8k - 4, 8k + 12) and keeps output pixels 1..2."""
-    emb = xsky.embed(cube.isel(time=[0]), "test-tiny", overlap=4).values[0]
-    x = np.stack([cube[b].values[0] for b in BANDS])
-    valid = cube.valid.values[0]
+    one = cube.isel(time=[0]).copy(deep=True)
+    one["valid"].values[0, 16:20, 28:32] = False  # output cell (4, 7): no valid pixel
+    emb = xsky.embed(one, "test-tiny", overlap=4).values[0]
+    x = np.stack([one[b].values[0] for b in BANDS])
+    valid = one.valid.values[0]
     xp = reflect_pad(reflect_pad(x, 4, 0, 1), 4, 0, 2)
     vp = reflect_pad(reflect_pad(valid, 4, 0, 0), 4, 0, 1)
     # window (2, 3) starts at padded (16, 24)
     ref = _tiny(_norm(xp[:, 16:32, 24:40], vp[16:32, 24:40]))[1:3, 1:3]
-    got = emb[4:6, 6:8]
-    m = ~np.isnan(got)
-    np.testing.assert_allclose(got[m], ref[m], atol=1e-5)
+    ref[0, 1] = np.nan
+    # the NaN pattern too: only the cell without a valid pixel; 1e-5: float32 sums
+    assert_close_nan(emb[4:6, 6:8], ref, 1e-5)
 
 
 def test_edge_modes_differ_only_near_the_edges(cube):
@@ -173,6 +181,22 @@ def test_dataarray_with_band_dim_and_aliases(cube):
     da_ = cube[list(BANDS)].to_dataarray("band").assign_coords(valid=cube.valid)
     c = da_.sky.embed("test-tiny").values
     assert_close_nan(c, a, 1e-6)  # the same arrays: 0 is reached
+
+
+@pytest.mark.parametrize("first", ["canonical", "alias"])
+def test_a_canonical_band_beside_an_alias_of_it_is_the_one_embedded(cube, first):
+    """``B02`` and ``blue`` (other values) in one input: the canonical spelling is used,
+    whatever the variable order; two aliases without it are refused."""
+    other = (cube.B02 * 0.5).assign_attrs(cube.B02.attrs)
+    both = (xr.merge([other.rename("blue"), cube]) if first == "alias"
+            else cube.assign(blue=other))
+    assert list(both.data_vars).index("blue") == (0 if first == "alias" else len(cube.data_vars))
+    a = xsky.embed(cube, "test-tiny").values
+    np.testing.assert_array_equal(xsky.embed(both, "test-tiny").values, a)
+    shifted = xsky.embed(cube.assign(B02=other), "test-tiny").values
+    assert np.nanmax(np.abs(shifted - a)) > 1e-3  # the alias's values would show
+    with pytest.raises(xsky.BandMismatchError, match=r"has both .* the same band 'B02'"):
+        xsky.embed(both.rename(B02="B2"), "test-tiny")
 
 
 def test_input_without_time_gives_yx_feature(cube):

@@ -259,7 +259,7 @@ def test_points_validation_errors(ckpt10, tmp_path):
         location_embed_points([1.0], [2.0])
     bad = tmp_path / "evil.ckpt"
     torch.save({"x": _Payload(tmp_path / "ran")}, bad)
-    with pytest.raises(UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.ckpt.*full unpickling.*trust=True"):
         location_embed_points([1.0], [2.0], bad)
     assert not (tmp_path / "ran").exists()
 

@@ -554,3 +554,38 @@ def test_real_embedding_map_is_lazy_and_matches_the_loaded_one(romania_months):
     assert isinstance(out.data, da.Array) and out.rio.crs == emb.rio.crs
     np.testing.assert_allclose(out.values, similar(emb.isel(time=-1), (x, y)).values,
                                atol=1e-5, equal_nan=True)
+
+
+def test_every_query_form_is_classified_once_for_search_and_drawing():
+    """similar() and similarity_map() read queries through one query_parts: a form that can
+    be searched can be drawn, and a refused geometry is refused by both with one message."""
+    import geopandas as gpd
+
+    from xsky.api.similarity import query_parts
+    from xsky.plot import _query_marks
+
+    e = cube()
+    p0, p1 = xy(e, 1, 1), xy(e, 3, 4)
+    square = shapely.box(p0[0], p1[1], p1[0], p0[1])
+    forms = {
+        "point": (p0, ["points"]),
+        "points": ([p0, p1], ["points"]),
+        "shapely": (shapely.Point(*p1), ["geometries"]),
+        "polygon": (square, ["geometries"]),
+        "frame": (pd.DataFrame({"x": [p0[0]], "y": [p0[1]]}), ["points"]),
+        "geoframe": (gpd.GeoDataFrame(geometry=[shapely.Point(*p0), square], crs=CRS),
+                     ["geometries"]),
+        "vector": (np.ones(6), ["vector"]),
+        "mixed": ([p0, np.ones(6)], ["points", "vector"]),
+    }
+    for name, (q, kinds) in forms.items():
+        assert [p.kind for p in query_parts(q, None, "q")] == kinds, name
+        marks = _query_marks(q, e.rio.crs, None)
+        n_drawn = sum(len(a) for v in marks.points.values() for a in v) + sum(
+            len(v) for v in marks.rings.values())
+        assert (n_drawn > 0) == (kinds != ["vector"]), name
+        assert np.isfinite(similar(e, q).values).any(), name
+    line = shapely.LineString([p0, p1])
+    for call in (lambda: similar(e, line), lambda: _query_marks(line, e.rio.crs, None)):
+        with pytest.raises(ArgumentError, match="is a LineString; a query geometry must be"):
+            call()

@@ -432,3 +432,13 @@ def test_embed_records_its_input_files_so_a_resume_from_another_file_is_refused(
     with pytest.raises(ArgumentError,
                        match=r"'input_identity' is .*cube0\.nc.* there but .*cube1\.nc"):
         to_zarr(second, out, progress=False)
+
+
+@pytest.mark.filterwarnings("error:Failed to open Zarr store with consolidated metadata")
+@pytest.mark.parametrize("consolidated", [True, False])
+def test_a_store_another_tool_wrote_opens_without_the_consolidated_warning(reference, tmp_path,
+                                                                           consolidated):
+    path = tmp_path / f"foreign-{consolidated}.zarr"
+    reference.to_dataset(name="embedding").to_zarr(path, consolidated=consolidated)
+    back = open_embedding(path)  # a store without xsky's record opens as it is
+    np.testing.assert_array_equal(back.values, reference.values)

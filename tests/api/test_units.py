@@ -134,7 +134,8 @@ def test_s1_linear_without_units_is_not_taken_as_db():
     db = _s1_cube(linear=False)
     a = xsky.embed(lin, S1Mean().set_ref(None), units="linear").compute()
     b = xsky.embed(db, S1Mean().set_ref(None)).compute()
-    np.testing.assert_allclose(a.values, b.values, atol=1e-4)
+    # float32 lin -> dB in the kernel against the cube's own dB: 9.5e-7 is reached
+    np.testing.assert_allclose(a.values, b.values, rtol=0, atol=1e-5)
     assert json.loads(a.attrs["input_units"]) == {"s1": "linear"}
 
 

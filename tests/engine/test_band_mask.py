@@ -199,3 +199,32 @@ def test_linear_backscatter_at_or_below_zero_is_an_invalid_band_not_a_pixel() ->
     assert f[0, 0, 8] == 0.0 and f[0, 1, 8] == 1.0
     assert f[0, 0, 4] == 1.0  # the S2 bands of that pixel are still valid
     np.testing.assert_allclose(f[0, 1, 15], 10 * np.log10(float(lin[0, 0, 1])), rtol=1e-5)
+
+
+def test_non_positive_linear_vv_beside_a_valid_vh_is_an_invalid_band_filled_with_zero() -> None:
+    """The pixel stays valid through VH, so only the kernel's own "no dB value" rule keeps
+    log10(0) = -inf away from the model: VV arrives invalid and as the fill value 0."""
+    ds = _cube()
+    rng = np.random.default_rng(4)
+    vh = rng.uniform(-25, -12, ds["VV"].shape).astype("float32")
+    lin_vv, lin_vh = 10 ** (ds["VV"] / 10), 10 ** (ds["VV"].copy(data=vh) / 10)
+    lin_vv[0, 0, 0] = 0.0
+    lin_vv[0, 2, 3] = -1e-4  # noise-removal residue
+    ds = ds.assign(VV=lin_vv.assign_attrs(units="linear"), VH=lin_vh.assign_attrs(units="linear"))
+    f = _embed(ds).compute().transpose("y", "x", "feature").values
+    for y, x in ((0, 0), (2, 3)):
+        assert f[y, x, 8] == 0.0 and f[y, x, 9] == 1.0  # VV invalid, VH valid
+        assert f[y, x, 15] == 0.0  # the fill, never -inf or NaN
+    assert np.isfinite(f[..., 15]).all()
+    np.testing.assert_allclose(f[1, 1, 15], 10 * np.log10(float(lin_vv[0, 1, 1])), rtol=1e-5)
+
+
+def test_bands_with_other_dims_are_named_when_the_first_model_band_is_absent() -> None:
+    """A partial modality without its first band (B02): the error names the two bands
+    compared (it was a KeyError on 'B02')."""
+    ds = _cube()
+    ds = ds.drop_vars("B02").assign(B03=ds.B04 * 1.1, B04=ds.B04.isel(time=0, drop=True))
+    with pytest.raises(xsky.DimensionError,
+                       match=r"band 'B04' of .* has dims \('y', 'x'\) but band 'B03' has "
+                             r"\('time', 'y', 'x'\); all bands must share dims"):
+        _embed(ds)

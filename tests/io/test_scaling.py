@@ -248,6 +248,45 @@ def test_each_items_offset_is_removed_under_every_groupby(cog_dir, data_dir, rom
                                   _refl(romania_ref["10m"]["B2"].values[:3]))
 
 
+def _split_tiles(cog_dir, data_dir, west_time, east_time):
+    """The first Romania date as west and east tiles (baseline 04.00) at the given times."""
+    from xsky.testing import stac as fx
+
+    from .conftest import ROMANIA_START
+
+    items = fx.romania_s2_items(cog_dir, data_dir, start=ROMANIA_START, n_dates=1, split=True,
+                                baseline="04.00")
+    west = next(it for it in items if it.id.endswith("_W")).clone()
+    east = next(it for it in items if it.id.endswith("_E")).clone()
+    west.datetime, east.datetime = west_time, east_time
+    return west, east
+
+
+@pytest.mark.parametrize(("groupby", "steps"), [
+    ("solar_day", 1), ("sat:relative_orbit", 1), ("time", 2), ("id", 2), (None, 2),
+])
+def test_tiles_of_one_solar_day_across_utc_midnight_group_by_mode(cog_dir, data_dir,
+                                                                  romania_ref, groupby, steps):
+    """West tile at 23:10 UTC, east tile at 00:20 UTC the next day, both at baseline 04.00:
+    one local solar day (the tile lies east of Greenwich) and one relative orbit, so
+    ``solar_day`` and a shared property mosaic them (not the UTC date, not the item id);
+    ``time`` and ``id`` keep two steps. Every step has the offset removed."""
+    from xsky.io.stac import load_stac
+
+    west, east = _split_tiles(cog_dir, data_dir, datetime(2018, 1, 7, 23, 10, tzinfo=UTC),
+                              datetime(2018, 1, 8, 0, 20, tzinfo=UTC))
+    ds = load_stac([west, east], bands=["B02"], groupby=groupby).compute()
+    assert ds.sizes["time"] == steps
+    ref = _refl(romania_ref["10m"]["B2"].values[0])
+    vals = ds["B02"].values
+    if steps == 1:
+        np.testing.assert_array_equal(vals[0], ref)  # the mosaic of both tiles
+    else:
+        np.testing.assert_array_equal(vals[0][:, :60], ref[:, :60])  # west first (earlier)
+        np.testing.assert_array_equal(vals[1][:, 40:], ref[:, 40:])
+        assert np.isnan(vals[0][:, 60:]).all() and np.isnan(vals[1][:, :40]).all()
+
+
 def test_tiles_of_one_day_with_different_offsets_are_never_mosaicked(cog_dir, data_dir,
                                                                      romania_ref):
     """West half at baseline 04.00 (files hold DN + 1000), east half at 02.12, same overpass:
@@ -318,3 +357,24 @@ def test_s1_files_already_in_db_are_kept_as_they_are(ssl4eo_s1, data_dir, tmp_pa
         np.testing.assert_allclose(lin[pol].values, 10 ** (src[pol] / 10), rtol=1e-5)
     # negative dB values are valid (only linear <= 0 has no dB value)
     assert db["valid"].values.all() and lin["valid"].values.all()
+
+
+@pytest.mark.parametrize(("groupby", "steps"), [("time", 2), ("solar_day", 1)])
+def test_two_acquisitions_of_one_utc_date_stay_two_steps_when_grouped_by_time(
+        cog_dir, data_dir, romania_ref, groupby, steps):
+    """Tiles 30 minutes apart on one UTC date: ``time`` groups by the timestamp (two steps),
+    never by the date; ``solar_day`` mosaics them."""
+    from xsky.io.stac import load_stac
+
+    west, east = _split_tiles(cog_dir, data_dir, datetime(2018, 1, 8, 9, 10, tzinfo=UTC),
+                              datetime(2018, 1, 8, 9, 40, tzinfo=UTC))
+    ds = load_stac([west, east], bands=["B02"], groupby=groupby).compute()
+    assert ds.sizes["time"] == steps
+    ref = _refl(romania_ref["10m"]["B2"].values[0])
+    if steps == 1:
+        np.testing.assert_array_equal(ds["B02"].values[0], ref)
+    else:
+        assert list(ds.time.values.astype("datetime64[m]").astype(str)) == [
+            "2018-01-08T09:10", "2018-01-08T09:40"]
+        np.testing.assert_array_equal(ds["B02"].values[0][:, :60], ref[:, :60])
+

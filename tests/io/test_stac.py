@@ -330,6 +330,33 @@ def test_s1_linear_zero_is_invalid_and_nan_in_db(ssl4eo_s1, tmp_path):
     assert ds["valid"].values[0, 10:].all()
 
 
+
+@pytest.mark.parametrize("db", [True, False])
+def test_s1_non_positive_linear_backscatter_is_invalid_without_a_nodata_value(ssl4eo_s1,
+                                                                              tmp_path, db):
+    """Zero and negative linear values (noise-subtracted calibration) in a file that declares
+    no nodata: invalid, and NaN both in dB and in linear units; the rest is kept."""
+    item = ssl4eo_s1.items[0].clone()
+    path = Path(item.assets["gamma0_vv"].href)
+    with rasterio.open(path) as f:
+        a, profile = f.read(1), f.profile
+    ok = np.isfinite(a) & (a > 0)
+    assert ok[10:].mean() > 0.3  # the rows kept hold real backscatter
+    a[:5, :] = 0.0
+    a[5:10, :] = -0.01
+    profile.update(driver="GTiff", nodata=None)
+    out = tmp_path / "vv.tif"
+    with rasterio.open(out, "w", **profile) as f:
+        f.write(a, 1)
+    item.assets["gamma0_vv"].href = str(out)
+    item.assets["gamma0_vv"].extra_fields.pop("raster:bands", None)
+    ds = load_stac([item], modality="s1", db=db).compute()
+    vv, valid = ds["VV"].values[0], ds["valid"].values[0]
+    assert np.isnan(vv[:10]).all() and not valid[:10].any()
+    np.testing.assert_array_equal(valid[10:], ok[10:])
+    want = 10 * np.log10(a[10:][ok[10:]]) if db else a[10:][ok[10:]]
+    np.testing.assert_allclose(vv[10:][ok[10:]], want, rtol=1e-6, atol=1e-5)
+
 def test_s1_like_s2_lands_on_the_s2_grid(ssl4eo_s2, ssl4eo_s1):
     s2 = load_stac(ssl4eo_s2, bands=["B02", "B03", "B04", "B08"], scl_mask=())
     s1 = load_stac(ssl4eo_s1, modality="s1", like=s2, db=False).compute()

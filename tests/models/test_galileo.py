@@ -272,7 +272,9 @@ def test_forward_reproduces_every_token_family(case, data, nano):
     with torch.no_grad():
         out = nano(*_enc(data, case), patch_size=4)
     for name, got in zip(TOKENS, out[:4], strict=True):
-        np.testing.assert_allclose(got.numpy(), _a(data, case, f"out_{name}"), atol=1e-4,
+        # the fixture is reproduced exactly here; 2e-5 (as for the poolings) leaves room
+        # for other float32 kernels
+        np.testing.assert_allclose(got.numpy(), _a(data, case, f"out_{name}"), atol=2e-5,
                                    rtol=1e-4, err_msg=name)
     for name, got in zip(TOKEN_MASKS, out[4:8], strict=True):
         np.testing.assert_array_equal(got.numpy(), _a(data, case, f"out_{name}"), err_msg=name)

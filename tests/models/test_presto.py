@@ -23,8 +23,10 @@ from xsky.models.presto import (
 )
 
 CASES = ("algae", "romania")
+#: the fixture is reproduced exactly on this CPU (0 is reached); 2e-5 leaves room for other
+#: float32 kernels while any change of the forward moves the values by far more
 POOLED = {"atol": 2e-5, "rtol": 1e-5}
-TOKENS = {"atol": 1e-4, "rtol": 1e-5}
+TOKENS = {"atol": 2e-5, "rtol": 1e-5}
 
 
 @pytest.fixture(scope="module")

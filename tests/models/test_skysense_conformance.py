@@ -209,8 +209,9 @@ def test_swin_file_with_norm3_only_loads_into_a_norm3_only_model(fixture_dir, hy
     model = SkySense.from_official(fixture_dir, hp)
     assert sorted(k for k in model.load_report.skipped if ".norm" in k) == sorted(
         f"backbone_gep.norm{i}.{p}" for i in (0, 1, 2) for p in ("weight", "bias"))
+    # 3.9e-5 is reached (float32 through the Swin and fusion stacks); 2e-4 leaves 5x
     np.testing.assert_allclose(_fused(model, data, "hr", "s2", "s1"), data["fused_hr_s2_s1"],
-                               atol=1e-3, rtol=1e-4)
+                               atol=2e-4, rtol=1e-4)
 
 
 def test_full_checkpoint_with_pretraining_heads_skips_and_reports_them(fixture_dir, hyper,
@@ -225,8 +226,9 @@ def test_full_checkpoint_with_pretraining_heads_skips_and_reports_them(fixture_d
     skipped = set(model.load_report.skipped)
     assert {"head_gep.proj.weight", "head_gep.proj.bias", "head.mlp.0.weight"} <= skipped
     assert "head_gep.proj.weight" in str(model.load_report)
+    # 3.9e-5 is reached (float32 through the Swin and fusion stacks); 2e-4 leaves 5x
     np.testing.assert_allclose(_fused(model, data, "hr", "s2", "s1"), data["fused_hr_s2_s1"],
-                               atol=1e-3, rtol=1e-4)
+                               atol=2e-4, rtol=1e-4)
 
 
 def test_ctpe_is_found_in_any_backbone_file(copy_dir, hyper, fixture_dir, data):

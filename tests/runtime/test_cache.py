@@ -310,3 +310,18 @@ def test_a_location_checkpoint_needing_full_unpickling_is_refused_by_default(iso
     assert not isolated_cache.BUILDS
     enc, _ = isolated_cache.load_location_encoder(path, trust=True)
     assert enc.embed_dim == 8
+
+
+def test_location_keys_separate_the_harmonics_convention_of_equal_weights(isolated_cache):
+    from xsky.models.satclip import LocationEncoder
+
+    torch.manual_seed(0)
+    analytic = LocationEncoder(legendre_polys=3, capacity=4, embed_dim=3).eval()
+    closed = LocationEncoder(legendre_polys=3, capacity=4, embed_dim=3,
+                             harmonics_calculation="closed-form").eval()
+    closed.load_state_dict(analytic.state_dict())  # the same weights, another convention
+    a = isolated_cache.put_location_encoder(analytic)
+    b = isolated_cache.put_location_encoder(closed)
+    assert a != b  # one entry each: the convention changes what the features are
+    assert isolated_cache.get_location_encoder(LocationRef(a, None, False, "a", 3, 3)) is analytic
+    assert isolated_cache.get_location_encoder(LocationRef(b, None, False, "b", 3, 3)) is closed

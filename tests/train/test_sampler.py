@@ -415,7 +415,8 @@ def test_close_gives_up_on_a_stuck_batch_after_its_timeout_and_says_so(monkeypat
     cube["B02"] = cube["B02"].copy(data=da.map_blocks(
         stuck, da.from_array(cube["B02"].values), meta=np.array((), np.float32)))
     monkeypatch.setattr(sampler_module, "_CLOSE_TIMEOUT_S", 0.5)
-    it = iter(make(cube, prefetch=2, n_shards=1))
+    # no chunk cache: every batch reads the chunk again
+    it = iter(make(cube, prefetch=2, n_shards=1, cache_bytes=0))
     try:
         next(it)
         assert entered.wait(30)  # batch 1 is stuck in its read

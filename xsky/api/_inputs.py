@@ -291,7 +291,7 @@ def prepare_modality(
         if set(var.dims) != set(order):
             raise DimensionError(
                 f"band {names[band]!r} of {what} has dims {var.dims} but band "
-                f"{names[mod.bands[0]]!r} has {first.dims}; all bands must share dims"
+                f"{names[wanted[0]]!r} has {first.dims}; all bands must share dims"
             )
         _check_dtype(var, names[band], mod)
         var = var.transpose(*order)

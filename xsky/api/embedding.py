@@ -182,7 +182,15 @@ def embed(
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
         resolved inside each task.
     batch_size
-        Windows per forward pass (default: the model's).
+        Windows per forward pass. ``None`` (default): each worker chooses it inside its
+        tasks, once per model, device, window shape and precision: on CUDA from the free
+        device memory and the measured memory of a small probe batch (at most 75 % of the
+        free memory, at most 1024 windows; halved and retried after an out-of-memory
+        error), on the CPU the model's ``default_batch_size``, lowered where a batch would
+        take more than a quarter of the available RAM (see :mod:`xsky.runtime.batching`).
+        An explicit size is used as given (an out-of-memory error then names it). The
+        values do not depend on it (up to floating-point rounding), so it is not part of
+        a :func:`xsky.to_zarr` resume fingerprint.
     edge
         How windows see past the array's edges: ``"reflect"`` (mirror pixels) or ``"pad"``
         (treated as missing data and filled, like invalid pixels). Nothing is dropped: the
@@ -235,7 +243,9 @@ def embed(
 
     net = _resolve_model(model, weights, model_options)
     spec = net.spec
-    batch = _coerce.optional_positive_int(batch_size, "batch_size", spec.default_batch_size)
+    # None stays None: the batch size is chosen inside each task, by the worker's device
+    batch = None if batch_size is None else _coerce.optional_positive_int(
+        batch_size, "batch_size", spec.default_batch_size)
     cubes = _prepare(obj, spec, units)
     plan = _plan(cubes, spec, overlap)
     task, arrays = _task(net, cubes, plan, device=device, batch_size=batch,
@@ -295,7 +305,8 @@ def _plan(cubes: Mapping[str, Cube], spec: ModelSpec, overlap: int) -> _Plan:
 
 
 def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device: str,
-          batch_size: int, precision: str, edge: str) -> tuple[BlockTask, list[da.Array]]:
+          batch_size: int | None, precision: str, edge: str
+          ) -> tuple[BlockTask, list[da.Array]]:
     """The picklable per-task recipe, and the haloed input arrays in kernel order."""
     from ..engine.graph import chunk_with_halo
     from ..engine.kernel import BlockTask, ModalityInput
@@ -394,6 +405,9 @@ def _wrap_result(data: da.Array, cubes: Mapping[str, Cube], plan: _Plan, net: Em
         out = out.rio.write_transform(Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2))
     out.attrs.update(_provenance(net, spec, edge, overlap, task.modalities, task.device,
                                  task.precision, cubes))
+    # as given ("auto": each worker chose it); values do not depend on it, so it is not
+    # part of a to_zarr resume fingerprint
+    out.attrs["batch_size"] = "auto" if task.batch_size is None else int(task.batch_size)
     return out
 
 

@@ -120,6 +120,91 @@ def _as_examples(query: Mapping[str, Any]) -> Examples:
     return Examples(query.get("positive"), query.get("negative"))
 
 
+# shapely geometry type ids a query may hold
+_POINT, _POLYGON, _MULTIPOINT, _MULTIPOLYGON = 0, 3, 4, 6
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One part of a query item, classified once for every consumer (:func:`similar`
+    places it on a cube, :func:`xsky.plot.similarity_map` draws it).
+
+    ``kind`` is ``"points"`` (``x``, ``y``), ``"geometries"`` (``geoms``: Points,
+    MultiPoints, Polygons or MultiPolygons only) or ``"vector"`` (``value``, as given).
+    ``src`` is the CRS the coordinates are in (``None``: the cube's); ``times`` is the
+    item's ``time`` column (one entry per point or geometry) or ``None``.
+    """
+
+    kind: str
+    what: str
+    src: Any = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    geoms: np.ndarray | None = None
+    times: Any = None
+    value: Any = None
+
+    @property
+    def n(self) -> int:
+        """Points or geometries in this part."""
+        if self.x is not None:
+            return len(self.x)
+        return 0 if self.geoms is None else len(self.geoms)
+
+
+def _geometry_part(geoms: Any, src: Any, times: Any, what: str) -> QueryPart:
+    import shapely
+
+    arr = np.asarray(geoms, dtype=object)
+    kinds = shapely.get_type_id(arr)
+    for i, (geom, kind) in enumerate(zip(arr, kinds, strict=True)):
+        if kind not in (_POINT, _MULTIPOINT, _POLYGON, _MULTIPOLYGON):
+            label = what if len(arr) == 1 else f"{what}[{i}]"
+            raise ArgumentError(
+                f"{label} is a {getattr(geom, 'geom_type', type(geom).__name__)}; a query "
+                "geometry must be a Point, MultiPoint, Polygon or MultiPolygon"
+            )
+    return QueryPart("geometries", what, src=src, geoms=arr, times=times)
+
+
+def query_parts(item: Any, crs: Any, what: str) -> list[QueryPart]:
+    """Classify one query item (anything :func:`similar` takes, except :class:`Examples`)
+    into :class:`QueryPart` s; ``crs`` is the ``crs=`` the user gave (or ``None``)."""
+    import shapely
+
+    given = None if crs is None else _coerce_crs(crs)
+    if _is_point(item):
+        return [QueryPart("points", what, src=given, x=np.array([float(item[0])]),
+                          y=np.array([float(item[1])]))]
+    if isinstance(item, shapely.Geometry):
+        return [_geometry_part([item], given, None, what)]
+    if is_geo(item):
+        tcol = item["time"] if "time" in getattr(item, "columns", ()) else None
+        return [_geometry_part(item.geometry, geo_crs(item, crs, what), tcol, what)]
+    if isinstance(item, pd.DataFrame):
+        tcol = item["time"] if "time" in item.columns else None
+        cols = {str(c).lower() for c in item.columns}
+        if "geometry" in cols and not {"x", "y", "lon", "lat"} & cols:
+            column = next(c for c in item.columns if str(c).lower() == "geometry")
+            return [_geometry_part(item[column], given, tcol, what)]
+        x, y, src = frame_xy(item, crs, what)
+        return [QueryPart("points", what, src=src, x=x, y=y, times=tcol)]
+    if _is_vector_like(item):
+        return [QueryPart("vector", what, value=item)]
+    if isinstance(item, list) and item and all(_is_point(p) for p in item):
+        pts = np.asarray(item, np.float64)
+        return [QueryPart("points", what, src=given, x=pts[:, 0], y=pts[:, 1])]
+    if isinstance(item, list | tuple):
+        return [part for i, sub in enumerate(item)
+                for part in query_parts(sub, crs, f"{what}[{i}]")]
+    raise ArgumentError(
+        f"cannot use a {type(item).__name__} as {what}; pass a vector (numpy array), "
+        "a point (x, y), a list of points, a shapely Point/Polygon, a DataFrame with "
+        "lon/lat or x/y columns, a GeoDataFrame, or xsky.Examples(positive=..., "
+        "negative=...)"
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Resolving a query to example pixels
 # --------------------------------------------------------------------------------------
@@ -248,67 +333,28 @@ class _Resolver:
         kinds = shapely.get_type_id(geoms)
         for i, (geom, kind) in enumerate(zip(geoms, kinds, strict=True)):
             label = what if len(geoms) == 1 else f"{what}[{i}]"
-            if kind == 0:  # Point
+            if kind == _POINT:
                 self._points(side, np.array([geom.x]), np.array([geom.y]), src, t[i:i + 1],
                              label)
-            elif kind == 4:  # MultiPoint
+            elif kind == _MULTIPOINT:
                 parts = shapely.get_parts(geom)
                 self._points(side, shapely.get_x(parts), shapely.get_y(parts), src,
                              np.full(len(parts), t[i]), label)
-            elif kind in (3, 6):  # Polygon, MultiPolygon
+            else:  # Polygon, MultiPolygon (query_parts refuses other kinds)
                 self._polygon(side, geom, src, int(t[i]), label)
-            else:
-                raise ArgumentError(
-                    f"{label} is a {geom.geom_type}; a query geometry must be a Point, "
-                    "MultiPoint, Polygon or MultiPolygon"
-                )
 
     def add(self, side: _Side, item: Any, what: str) -> None:
-        import shapely
-
-        if _is_point(item):
-            src = None if self.crs is None else _coerce_crs(self.crs)
-            self._points(side, np.array([float(item[0])]), np.array([float(item[1])]), src,
-                         self._times(1, None, what), what)
-        elif isinstance(item, shapely.Geometry):
-            src = None if self.crs is None else _coerce_crs(self.crs)
-            self._geometries(side, np.array([item], dtype=object), src,
-                             self._times(1, None, what), what)
-        elif is_geo(item):
-            src = geo_crs(item, self.crs, what)
-            geoms = np.asarray(item.geometry, dtype=object)
-            tcol = item["time"] if "time" in getattr(item, "columns", ()) else None
-            self._geometries(side, geoms, src, self._times(len(geoms), tcol, what), what)
-        elif isinstance(item, pd.DataFrame):
-            if "geometry" in item.columns and not {"x", "y", "lon", "lat"} & set(item.columns):
-                src = None if self.crs is None else _coerce_crs(self.crs)
-                geoms = np.asarray(item["geometry"], dtype=object)
+        for part in query_parts(item, self.crs, what):
+            if part.kind == "vector":
+                side.vectors.append(_vector_rows(part.value, self.cube.n_features, part.what))
+                continue
+            t = self._times(part.n, part.times, part.what)
+            if part.kind == "points":
+                assert part.x is not None and part.y is not None
+                self._points(side, part.x, part.y, part.src, t, part.what)
             else:
-                x, y, src = frame_xy(item, self.crs, what)
-                geoms = None
-            tcol = item["time"] if "time" in item.columns else None
-            t = self._times(len(item), tcol, what)
-            if geoms is not None:
-                self._geometries(side, geoms, src, t, what)
-            else:
-                self._points(side, x, y, src, t, what)
-        elif _is_vector_like(item):
-            side.vectors.append(_vector_rows(item, self.cube.n_features, what))
-        elif isinstance(item, list) and item and all(_is_point(p) for p in item):
-            pts = np.asarray(item, np.float64)
-            src = None if self.crs is None else _coerce_crs(self.crs)
-            self._points(side, pts[:, 0], pts[:, 1], src, self._times(len(pts), None, what),
-                         what)
-        elif isinstance(item, list | tuple):
-            for i, sub in enumerate(item):
-                self.add(side, sub, f"{what}[{i}]")
-        else:
-            raise ArgumentError(
-                f"cannot use a {type(item).__name__} as {what}; pass a vector (numpy array), "
-                "a point (x, y), a list of points, a shapely Point/Polygon, a DataFrame with "
-                "lon/lat or x/y columns, a GeoDataFrame, or xsky.Examples(positive=..., "
-                "negative=...)"
-            )
+                assert part.geoms is not None
+                self._geometries(side, part.geoms, part.src, t, part.what)
 
 
 def _coerce_crs(crs: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class BlockTask:
     output: str
     feature_dim: int
     device: str
-    batch_size: int
+    batch_size: int | None  # None: chosen inside the task (xsky.runtime.batching)
     precision: str
     edge: str = "reflect"
     band_mask: bool = False  # per-band validity (ModelSpec.band_mask)
@@ -271,9 +271,16 @@ def window_latlon(task: BlockTask, wy: tuple[int, int], wx: tuple[int, int]) -> 
 
 def run_batches(g: _Gathered, task: BlockTask) -> np.ndarray:
     """Normalise and embed the gathered windows ``batch_size`` at a time on the model's
-    device; ``(items, ow, ow, F)`` float32, the kept (centre) part of each window."""
+    device; ``(items, ow, ow, F)`` float32, the kept (centre) part of each window.
+
+    ``task.batch_size=None`` (automatic) takes the batch size this process chose for the
+    model, device, window shape and precision (:mod:`xsky.runtime.batching`, measured on
+    the first block), at most the block's windows; on a CUDA out-of-memory error the batch
+    is halved and retried, and the smaller size kept. With an explicit batch size an
+    out-of-memory error is raised as a :class:`~xsky.exceptions.ModelError` naming it."""
     import torch
 
+    from ..runtime.batching import remember_smaller
     from ..runtime.cache import get_model
     from ..runtime.device import device_lock, resolve_device
 
@@ -291,35 +298,153 @@ def run_batches(g: _Gathered, task: BlockTask) -> np.ndarray:
             for mod in task.modalities]
     months = [None if mod.month is None else
               torch.as_tensor(mod.month, dtype=torch.int64).to(device) for mod in task.modalities]
+    run = _Run(g, task, model, device, amp, doys, months, torch)
     out = np.empty((g.n_items, out_w, out_w, task.feature_dim), np.float32)
     keep = slice(py.margin_lo // s, py.margin_lo // s + out_w) if task.output == "dense" else None
+    oom = _oom_error(torch)
     with torch.inference_mode(), (lock or contextlib.nullcontext()):
-        for start in range(0, g.n_items, task.batch_size):
-            stop = min(start + task.batch_size, g.n_items)
-            inputs: dict[str, Any] = {}
-            for w, f, doy, month, mod in zip(g.windows, g.flags, doys, months,
-                                              task.modalities, strict=True):
-                xb = w[start:stop].to(device, non_blocking=True)
-                xb, vb, bv = _normalise(xb, f[start:stop].to(device, non_blocking=True), mod,
-                                        torch, task.band_mask)
-                inputs[mod.name] = xb
-                if bv is not None:
-                    inputs[mod.name + "_band_valid"] = bv
-                if task.fuses_time:
-                    inputs[mod.name + "_valid"] = vb
-                    if doy is not None:  # None: no time axis, so no date to encode
-                        inputs[mod.name + "_doy"] = doy.expand(stop - start, -1)
-                    if month is not None:
-                        inputs[mod.name + "_month"] = month.expand(stop - start, -1)
-            if g.latlon is not None:
-                inputs["latlon"] = g.latlon[start:stop].to(device)
-            with amp:
-                y = model.embed_windows(inputs)
+        auto_key = None
+        if task.batch_size is None:
+            auto_key, batch = _auto_batch(run)
+            batch = max(1, min(batch, g.n_items))
+        else:
+            batch = task.batch_size
+        start = 0
+        while start < g.n_items:
+            stop = min(start + batch, g.n_items)
+            try:
+                y = run.forward(slice(start, stop), stop - start)
+            except oom as err:
+                if auto_key is None:
+                    raise ModelError(
+                        f"model {task.ref.spec.name!r} ran out of memory on {device} with "
+                        f"batch_size={task.batch_size} ({stop - start} windows in the batch); "
+                        "pass a smaller batch_size to xsky.embed, or batch_size=None to let "
+                        "each worker choose one from its free memory"
+                    ) from err
+                if batch == 1:
+                    raise ModelError(
+                        f"model {task.ref.spec.name!r} ran out of memory on {device} with a "
+                        "single window (batch_size=None already went down to 1); free memory "
+                        "on the device, use a smaller window or device='cpu'"
+                    ) from err
+                _release_cuda(torch, device)
+                batch = remember_smaller(auto_key, batch // 2)
+                continue
             y = _check_output(y, stop - start, task, torch).float()
             if keep is not None:
                 y = y[:, :, keep, keep]
             out[start:stop] = y.permute(0, 2, 3, 1).cpu().numpy()  # (B, ow, ow, F)
+            start = stop
     return out
+
+
+@dataclass
+class _Run:
+    """What one block's batches share: the gathered windows, the model on its device, the
+    autocast context and the per-date tensors."""
+
+    g: _Gathered
+    task: BlockTask
+    model: Any
+    device: str
+    amp: Any
+    doys: list[Any]
+    months: list[Any]
+    torch: Any
+
+    def inputs(self, sel: Any, n: int) -> dict[str, Any]:
+        """The model's input dict for windows ``sel`` (a slice or an index tensor, ``n``
+        windows), normalised on the device."""
+        g, task, device, torch = self.g, self.task, self.device, self.torch
+        inputs: dict[str, Any] = {}
+        for w, f, doy, month, mod in zip(g.windows, g.flags, self.doys, self.months,
+                                          task.modalities, strict=True):
+            xb = w[sel].to(device, non_blocking=True)
+            xb, vb, bv = _normalise(xb, f[sel].to(device, non_blocking=True), mod, torch,
+                                    task.band_mask)
+            inputs[mod.name] = xb
+            if bv is not None:
+                inputs[mod.name + "_band_valid"] = bv
+            if task.fuses_time:
+                inputs[mod.name + "_valid"] = vb
+                if doy is not None:  # None: no time axis, so no date to encode
+                    inputs[mod.name + "_doy"] = doy.expand(n, -1)
+                if month is not None:
+                    inputs[mod.name + "_month"] = month.expand(n, -1)
+        if g.latlon is not None:
+            inputs["latlon"] = g.latlon[sel].to(device)
+        return inputs
+
+    def forward(self, sel: Any, n: int) -> Any:
+        """The model's output for windows ``sel``; the call is counted as busy time
+        (:func:`xsky.runtime.device.busy_seconds`)."""
+        from ..runtime.device import model_busy
+
+        inputs = self.inputs(sel, n)
+        with model_busy(self.device):
+            with self.amp:
+                y = self.model.embed_windows(inputs)
+            if self.device.startswith("cuda"):
+                self.torch.cuda.synchronize(self.device)
+        return y
+
+    def probe(self, n: int) -> int:
+        """Peak CUDA memory (bytes) of a forward of ``n`` windows (the block's first ones,
+        repeated where it has fewer)."""
+        torch, device = self.torch, self.device
+        idx = torch.arange(n) % self.g.n_items
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        y = self.forward(idx, n)
+        del y
+        return max(0, int(torch.cuda.max_memory_allocated(device)) - int(base))
+
+    def window_bytes(self) -> int:
+        """Estimated CPU memory of one window's forward (its input and output sizes)."""
+        from ..runtime.batching import window_bytes_estimate
+
+        n_in = sum(int(np.prod(w.shape[1:])) for w in self.g.windows)
+        task = self.task
+        per = task.plan_y.window // task.plan_y.stride
+        n_out = task.feature_dim * (per * per if task.output == "dense" else 1)
+        return window_bytes_estimate(n_in, n_out)
+
+
+def _auto_batch(run: _Run) -> tuple[Any, int]:
+    """The cache key and this process's automatic batch size for the run's model, device,
+    window shapes and precision (measured once per key, :mod:`xsky.runtime.batching`)."""
+    from ..runtime.batching import auto_batch_size, batch_key, cached_batch_size
+
+    task, device = run.task, run.device
+    key = batch_key(task.ref.key, device, [tuple(w.shape[1:]) for w in run.g.windows],
+                    task.precision)
+    oom = _oom_error(run.torch)
+
+    def compute() -> int:
+        default = task.ref.spec.default_batch_size
+        if not device.startswith("cuda"):
+            return auto_batch_size(device, default, window_bytes=run.window_bytes())
+        try:
+            return auto_batch_size(device, default, probe=run.probe)
+        except oom:  # not even the probe fits: one window at a time (or a clear error)
+            _release_cuda(run.torch, device)
+            return 1
+
+    return key, cached_batch_size(key, compute)
+
+
+def _oom_error(torch: Any) -> type[BaseException]:
+    """torch's out-of-memory exception class."""
+    cls = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return cast("type[BaseException]", cls)
+
+
+def _release_cuda(torch: Any, device: str) -> None:
+    """Return the caching allocator's unused blocks after an out-of-memory error."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def stitch(out: np.ndarray, g: _Gathered, task: BlockTask, by: int, bx: int) -> np.ndarray:

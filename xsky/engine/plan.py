@@ -171,9 +171,8 @@ def plan_axis(
         else:
             a, b = k0 * core // stride, k1 * core // stride
         out_chunks.append(max(0, min(b, n_out) - min(a, n_out)))
-    real = (chunks[0] - pad_lo, *chunks[1:-1], chunks[-1] - pad_hi) if len(chunks) > 1 else (n,)
-    if len(chunks) > 1 and any(c < depth for c in real):  # pragma: no cover - see merge above
-        raise AssertionError(f"chunk smaller than halo: {real} < {depth}")
+    # the merge above leaves every real chunk at least the halo deep (tests/engine/test_plan.py
+    # checks it over random geometries)
     return AxisPlan(
         n=n, window=window, stride=stride, core=core, margin_lo=lo, margin_hi=hi,
         n_windows=n_windows, n_out=n_out, pad_lo=pad_lo, pad_hi=pad_hi, depth=depth,

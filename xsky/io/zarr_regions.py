@@ -270,7 +270,8 @@ def embedding_fingerprint(ds: xr.Dataset, attrs: Mapping[str, Any], plan: Region
     """
     fp: dict[str, Any] = {}
     for k, v in attrs.items():
-        if k in ("grid_mapping",):  # names a coordinate, does not change a value
+        # grid_mapping names a coordinate; batch_size changes no value (up to rounding)
+        if k in ("grid_mapping", "batch_size"):
             continue
         fp[str(k)] = _jsonable(v)
     fp["input"] = _jsonable(source)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +50,10 @@ STRATEGIES = ("random", "stratified")
 _STATE_VERSION = 1
 #: the integers a state is checked against (and named when they differ)
 _CHECKED = ("seed", "n_shards", "window", "batch_size", "max_dates", "fingerprint")
+#: default bytes of decoded chunks an iterator keeps (``cache_bytes``)
+DEFAULT_CACHE_BYTES = 256 * 2**20
+#: arrays whose largest chunk is bigger are read window by window, never whole chunks
+_MAX_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -101,6 +107,74 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
+def _cube_arrays(cube: Cube) -> list[Any]:
+    """The arrays a window of a modality reads: its bands, then its valid mask."""
+    return [*cube.bands, *([cube.valid] if cube.valid is not None else [])]
+
+
+def _layout(array: Any) -> tuple[np.ndarray, ...] | None:
+    """Per axis the start of every chunk (and the axis length) of a ``(T, Y, X)`` dask
+    array, or ``None`` when one of its chunks exceeds ``_MAX_BLOCK_BYTES``."""
+    chunks = getattr(array, "chunks", None)
+    if chunks is None or array.ndim != 3:
+        return None
+    largest = math.prod(max(c) for c in chunks) * array.dtype.itemsize
+    if largest > _MAX_BLOCK_BYTES:
+        return None
+    return tuple(np.cumsum((0, *c)) for c in chunks)
+
+
+def _axis_pieces(starts: np.ndarray, idx: np.ndarray) -> list[tuple[int, Any, slice]]:
+    """The chunks that the sorted indices ``idx`` of one axis fall in: per chunk its number,
+    the indices inside it (a slice when they are contiguous) and where they go in the
+    output."""
+    blk = np.searchsorted(starts, idx, side="right") - 1
+    cuts = [0, *(np.flatnonzero(np.diff(blk)) + 1).tolist(), len(idx)]
+    out: list[tuple[int, Any, slice]] = []
+    for lo, hi in itertools.pairwise(cuts):
+        b = int(blk[lo])
+        local = idx[lo:hi] - starts[b]
+        if int(local[-1]) - int(local[0]) == hi - lo - 1:
+            local = slice(int(local[0]), int(local[-1]) + 1)
+        out.append((b, local, slice(lo, hi)))
+    return out
+
+
+class _BlockCache:
+    """Decoded chunks of an iterator's arrays, least recently used evicted beyond
+    ``max_bytes`` (shared by its shard streams, hence the lock)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, tuple[int, ...]]) -> np.ndarray | None:
+        with self._lock:
+            got = self._data.get(key)
+            if got is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return got
+
+    def put(self, key: tuple[str, tuple[int, ...]], block: np.ndarray) -> None:
+        if block.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = block
+            self.nbytes += block.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self._data.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+
 class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
     """Training micro-batches of windows from a (lazy) datacube, computed in the background.
 
@@ -120,7 +194,7 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
         What :func:`xsky.embed` accepts: a Dataset, DataArray or DataTree, dask-backed (lazy)
         or in memory, with dims ``(time, y, x)`` (or ``(y, x)`` for static modalities).
         Alignment, units, orientation and dtype rules are embed's (the time axis may be split
-        into chunks: each window is read on its own).
+        into chunks). The data is read chunk by chunk: see *Reading* below.
     window
         Window size in reference (first grid-factor-1 modality) pixels; windows never leave
         the cube.
@@ -151,6 +225,10 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
         Units of the input, as for :func:`xsky.embed`.
     prefetch
         Micro-batches computed ahead in background threads (``0``: computed in ``__next__``).
+    cache_bytes
+        Bytes of decoded chunks an iterator keeps for later windows (least recently used
+        chunks go first); ``0`` keeps none beyond the group of windows being read. It
+        changes what is read, never the batches.
     client
         A ``distributed.Client``: windows are computed on its cluster (``client.compute``);
         ``None``: dask's threaded scheduler in this process. The batches are the same.
@@ -167,6 +245,19 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
     ``m + "_band_valid"`` for models with a band mask; ``"latlon"`` float64 ``(B, 2)`` of each
     window centre; ``"window"`` int64 ``(B, 4)``: (shard, y0, x0, epoch), with ``(y0, x0)`` in
     the canonical orientation (row 0 is the northernmost row, column 0 the westernmost).
+
+    *Reading.* The windows of a shard are read in groups (about one micro-batch each, in
+    one computation): each chunk a group touches is read once, whole, and only the time
+    chunks that hold a window's kept dates are read. Chunks are then kept, up to
+    ``cache_bytes``, for the next groups, so a cube (or the part of it being visited) that
+    fits is decoded once instead of once per window: on a 100 x 100 px Zarr cube of 99
+    dates in 11 x 50 x 50 chunks, an 8 x 8 px window keeping 6 dates touches up to 6 x 4
+    chunks of each of its 5 arrays, and a chunk costs milliseconds to decode whatever part
+    of it is used. Arrays whose chunks exceed 64 MiB are read window by
+    window, and so is everything with ``client``: the workers decode the chunks and only
+    the windows' pixels travel to this process. Locally the reads run with Dask's
+    synchronous scheduler in the prefetch threads (no extra thread pool competing with the
+    training step for the cores).
 
     Iterating continues from the sampler's state; a new ``iter()`` closes the previous
     iterator. Use one iterator at a time and, with a torch ``DataLoader``,
@@ -204,6 +295,7 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
         max_dates: int | None = None,
         units: str | Mapping[str, str] | None = None,
         prefetch: int = 2,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         client: Any = None,
         rank: int = 0,
         world_size: int = 1,
@@ -226,6 +318,10 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
         if not _coerce._is_int(prefetch) or prefetch < 0:
             raise ArgumentError(f"prefetch must be a non-negative integer, got {prefetch!r}")
         self._prefetch = int(prefetch)
+        if not _coerce._is_int(cache_bytes) or cache_bytes < 0:
+            raise ArgumentError(
+                f"cache_bytes must be a non-negative integer (bytes), got {cache_bytes!r}")
+        self._cache_bytes = int(cache_bytes)
         self._units = dict(units) if isinstance(units, Mapping) else units
         self._client = client
         self._rank, self._world_size = self._check_rank(rank, world_size)
@@ -258,6 +354,9 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
                 cube.units_check))
         self._check_sizes()
         self._ref_index = next(i for i, c in enumerate(self._cubes) if c.name == self._ref_name)
+        # per modality, per array read (bands, then valid): its chunk starts per axis, or
+        # None when its chunks are too large to read whole
+        self._layouts = [[_layout(a) for a in _cube_arrays(cube)] for cube in self._cubes]
         self._positions: dict[int, np.ndarray] = {}
         self._positions_lock = threading.Lock()
         self._index = 0  # global frontier: every global micro-batch < index was yielded
@@ -345,25 +444,39 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
             out.append(shared[n_t])
         return out
 
-    def _window_arrays(self, y0: int, x0: int, dates: list[np.ndarray | None]
-                       ) -> tuple[list[Any], list[np.ndarray | None]]:
-        """The lazy slices of one window (per modality its bands then its valid mask) and,
-        per slice, the dates to pick from it once computed.
-
-        The slices span the window's first to last kept date with basic indexing: dask
-        turns a list of dates into a shuffle of many small tasks, which cost more than
-        reading the few dates in between (the window is small)."""
-        arrays: list[Any] = []
-        picks: list[np.ndarray | None] = []
+    def _window_reads(self, y0: int, x0: int, dates: list[np.ndarray | None]
+                      ) -> list[tuple[Any, Any, Any]]:
+        """How to read one window: per modality, per array (bands, then valid), either
+        ``("blocks", array, pieces)``, the chunks it touches (only the time chunks of its
+        kept dates) as ``(chunk index, slices in the chunk, slices in the window)``, or
+        ``("slice", lazy slice, dates to pick)`` for arrays with chunks too large to read
+        whole, and for all with a client. The slice spans the window's first to last kept
+        date with basic indexing: dask turns a list of dates into a shuffle of many small
+        tasks, which cost more than reading the few dates in between."""
+        reads: list[tuple[Any, Any, Any]] = []
         w = self._window
-        for cube, mod, t in zip(self._cubes, self._mods, dates, strict=True):
+        # on a cluster the workers decode the chunks: only the windows' pixels travel
+        all_layouts: list[list[tuple[np.ndarray, ...] | None]] = (
+            [[None] * len(x) for x in self._layouts] if self._client is not None
+            else self._layouts)
+        for cube, mod, t, layouts in zip(self._cubes, self._mods, dates, all_layouts,
+                                         strict=True):
             g = mod.grid_factor
             ts = slice(None) if t is None else slice(int(t[0]), int(t[-1]) + 1)
             sl = (ts, slice(y0 * g, (y0 + w) * g), slice(x0 * g, (x0 + w) * g))
-            for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
-                arrays.append(a[sl])
-                picks.append(None if t is None else t - t[0])
-        return arrays, picks
+            for a, layout in zip(_cube_arrays(cube), layouts, strict=True):
+                if layout is None:
+                    reads.append(("slice", a[sl], None if t is None else t - t[0]))
+                    continue
+                n_t = a.shape[0]
+                idx = (np.arange(n_t) if t is None else np.asarray(t),
+                       np.arange(y0 * g, (y0 + w) * g), np.arange(x0 * g, (x0 + w) * g))
+                axes = [_axis_pieces(st, i) for st, i in zip(layout, idx, strict=True)]
+                pieces = [((tb, yb, xb), (tl, yl, xl), (to, yo, xo))
+                          for tb, tl, to in axes[0] for yb, yl, yo in axes[1]
+                          for xb, xl, xo in axes[2]]
+                reads.append(("blocks", a, (pieces, (len(idx[0]), len(idx[1]), len(idx[2])))))
+        return reads
 
     def _assemble(self, shard: int, epoch: int, y0: int, x0: int,
                   dates: list[np.ndarray | None], blocks: list[np.ndarray]) -> _Window:
@@ -671,11 +784,12 @@ class _ShardStream:
     """One shard's candidates, computed in groups and accepted in order."""
 
     def __init__(self, sampler: WindowSampler, shard: int, cursor: tuple[int, int],
-                 compute: Any, stop: threading.Event) -> None:
+                 compute: Any, stop: threading.Event, blocks: _BlockCache) -> None:
         self.s = sampler
         self.shard = shard
         self.cursor = cursor
         self.cache: dict[tuple[int, int], _Window] = {}
+        self.blocks = blocks
         self.compute = compute
         self.stop = stop
         self.scanned = 0
@@ -717,7 +831,8 @@ class _ShardStream:
 
     def _fill(self, e: int, p: int, need: int) -> None:
         """Compute the next candidates from ``(e, p)``, as many as ``need`` accepted ones
-        are expected to take (by the acceptance so far), in one graph."""
+        are expected to take (by the acceptance so far), in one computation that reads
+        each chunk they touch once (and none the cache holds)."""
         if self.stop.is_set():
             raise _Stopped
         s = self.s
@@ -732,20 +847,53 @@ class _ShardStream:
             if (e, p) not in self.cache:
                 todo.append((e, p))
             p += 1
-        arrays: list[Any] = []
+        lazy: list[Any] = []
+        got: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        wanted: dict[tuple[str, tuple[int, ...]], int] = {}  # missing chunk -> lazy index
         meta: list[tuple[Any, ...]] = []
         for ce, cp in todo:
             index = self.shard + cp * s._n_shards  # the candidate's index in its epoch
             y0, x0 = (int(v) for v in s._epoch_positions(ce)[index])
             dates = s._dates(ce, index)
-            part, picks = s._window_arrays(y0, x0, dates)
-            meta.append((ce, cp, y0, x0, dates, len(arrays), len(part), picks))
-            arrays.extend(part)
-        blocks = self.compute(arrays)
-        for ce, cp, y0, x0, dates, at, n, picks in meta:
-            got = [np.asarray(b) if pick is None else np.asarray(b)[pick]
-                   for b, pick in zip(blocks[at:at + n], picks, strict=True)]
-            self.cache[(ce, cp)] = s._assemble(self.shard, ce, y0, x0, dates, got)
+            reads = s._window_reads(y0, x0, dates)
+            plan: list[tuple[Any, ...]] = []
+            for kind, a, what in reads:
+                if kind == "slice":
+                    plan.append((kind, len(lazy), what))
+                    lazy.append(a)
+                    continue
+                pieces, shape = what
+                for blk, _, _ in pieces:
+                    key = (a.name, blk)
+                    if key in got or key in wanted:
+                        continue
+                    cached = self.blocks.get(key)
+                    if cached is not None:
+                        got[key] = cached
+                    else:
+                        wanted[key] = len(lazy)
+                        lazy.append(a.blocks[blk])
+                plan.append((kind, a.name, what, a.dtype))
+            meta.append((ce, cp, y0, x0, dates, plan))
+        computed = self.compute(lazy) if lazy else []
+        for key, at in wanted.items():
+            block = np.asarray(computed[at])
+            got[key] = block
+            self.blocks.put(key, block)
+        for ce, cp, y0, x0, dates, plan in meta:
+            arrays: list[np.ndarray] = []
+            for item in plan:
+                if item[0] == "slice":
+                    _, at, pick = item
+                    b = np.asarray(computed[at])
+                    arrays.append(b if pick is None else b[pick])
+                    continue
+                _, name, (pieces, shape), dtype = item
+                out = np.empty(shape, dtype)
+                for blk, local, where in pieces:
+                    out[where] = got[(name, blk)][local]
+                arrays.append(out)
+            self.cache[(ce, cp)] = s._assemble(self.shard, ce, y0, x0, dates, arrays)
 
 
 #: how long :meth:`_Iterator.close` waits for the batches in the making to stop
@@ -758,10 +906,11 @@ def _shutdown(pool: ThreadPoolExecutor | None, dask_pool: ThreadPoolExecutor | N
 
     ``wait=True`` (``close``) also cancels the cluster futures and joins the threads, for
     at most ``_CLOSE_TIMEOUT_S``: a batch stuck in its data source must not make ``close``
-    (or the ``finally`` of a timed-out caller) hang for ever. ``wait=False`` is the GC
-    finalizer, which may run in any thread while that thread holds any lock: it only sets
-    the stop flag and drops references (released cluster futures are cancelled by
-    distributed itself), and never calls the client or joins."""
+    (or the ``finally`` of a timed-out caller) hang for ever. ``wait=False`` is for a
+    dropped iterator, run by the reaper thread (the GC finalizer only queues it, see
+    :func:`_finalize`): it sets the stop flag, shuts the pools down without waiting and
+    drops references (released cluster futures are cancelled by distributed itself), and
+    never calls the client or joins."""
     stop.set()
     if wait and client is not None and inflight:
         with contextlib.suppress(Exception):  # a closed client has nothing left to cancel
@@ -785,6 +934,43 @@ def _shutdown(pool: ThreadPoolExecutor | None, dask_pool: ThreadPoolExecutor | N
                      _CLOSE_TIMEOUT_S)
 
 
+#: shutdowns of dropped iterators, run by the reaper thread
+_REAP: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+_reaper_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def _reap() -> None:
+    while True:
+        pool, dask_pool, stop, client, inflight = _REAP.get()
+        try:
+            _shutdown(pool, dask_pool, stop, client, inflight, wait=False)
+        except Exception:  # a reaper that dies would leave later iterators' threads running
+            _log.exception("WindowSampler: shutting a dropped iterator down failed")
+
+
+def _start_reaper() -> None:
+    """Start the reaper thread once per process (from a safe point: an iterator's
+    constructor, never a finalizer)."""
+    global _reaper
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap, name="xsky-reaper", daemon=True)
+            _reaper.start()
+
+
+def _finalize(*args: Any) -> None:
+    """The GC finalizer of an iterator: queue its shutdown for the reaper thread.
+
+    A finalizer runs in whichever thread the garbage collector happens to run in, at any
+    allocation, possibly inside ``ThreadPoolExecutor.submit`` of the very pool it would
+    shut down, which holds that pool's (non-reentrant) shutdown lock and the module-wide
+    lock of every executor's ``submit``: shutting down there deadlocks that thread for ever,
+    and with it every later ``submit`` in the process. ``SimpleQueue.put`` takes no Python
+    lock and is documented as safe in finalizers."""
+    _REAP.put(args)
+
+
 class _Iterator:
     """An iterator over a sampler's micro-batches, ``prefetch`` of them computed ahead.
 
@@ -797,22 +983,25 @@ class _Iterator:
         self._inflight_lock = threading.Lock()
         self._client = sampler._client
         self._dask_pool: ThreadPoolExecutor | None = None
-        if self._client is None:
+        if self._client is None and not sampler._prefetch:
+            # reads in __next__: in parallel (prefetch threads read with the sync scheduler)
             self._dask_pool = ThreadPoolExecutor(os.cpu_count() or 1,
                                                  thread_name_prefix="xsky-sampler-dask")
         self._pool = (ThreadPoolExecutor(sampler._prefetch, thread_name_prefix="xsky-sampler")
                       if sampler._prefetch else None)
+        self._blocks = _BlockCache(sampler._cache_bytes)
         owned = range(sampler._rank, sampler._n_shards, sampler._world_size)
         self._streams = {s: _ShardStream(sampler, s, sampler._cursors[s], self._compute_fn(),
-                                         self._stop) for s in owned}
+                                         self._stop, self._blocks) for s in owned}
         self._next = sampler._index + sampler._rank
         self._pending: deque[tuple[int, Future[Any]]] = deque()
         self._last: dict[int, Future[Any]] = {}
         self._closed = False
         sampler._stats = _Stats()
+        _start_reaper()
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._pool, self._dask_pool, self._stop, self._client,
-            self._inflight, False)
+            self, _finalize, self._pool, self._dask_pool, self._stop, self._client,
+            self._inflight)
 
     def _compute_fn(self) -> Any:
         client, pool = self._client, self._dask_pool
@@ -822,6 +1011,8 @@ class _Iterator:
             if client is None:
                 import dask
 
+                if pool is None:  # in a prefetch thread: no second pool competing for cores
+                    return list(dask.compute(*arrays, scheduler="sync"))
                 return list(dask.compute(*arrays, scheduler="threads", pool=pool))
             futures = client.compute(arrays)
             with lock:
