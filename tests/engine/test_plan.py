@@ -127,6 +127,22 @@ def test_worked_examples(args, want):
     assert [p.window_offset(b) for b in range(len(p.windows))] == [0] * len(p.windows)
 
 
+def test_a_last_chunk_exactly_the_halo_deep_is_kept_not_merged():
+    # window 12, overlap 4: core 4, halo 4; the last chunk holds exactly 4 real pixels, which
+    # is enough to lend its halo, so it stays a chunk of its own
+    p = plan_axis(20, 12, 2, "dense", 4, 8)
+    assert p.windows == ((0, 2), (2, 4), (4, 5))
+    assert p.real_chunks == (8, 8, 4) and p.depth == 4
+
+
+def test_window_geometry_has_no_overlap_unless_asked():
+    from xsky.engine.plan import window_geometry
+
+    assert window_geometry(16, 4, "dense") == (16, 0, 0)
+    assert window_geometry(16, 4, "pooled") == (4, 6, 6)  # would refuse an overlap
+    assert window_geometry(16, 4, "dense", 4) == (8, 4, 4)
+
+
 def test_real_chunks_and_edge_pads_of_a_three_chunk_plan():
     p = plan_axis(50, 16, 4, "dense", 4, 20)
     assert p.real_chunks == (16, 16, 18)
