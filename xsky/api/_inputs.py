@@ -62,6 +62,12 @@ class Cube:
     flip_x: bool = False
     units_check: UnitsCheck | None = None  # run inside the tasks on the pixels read
 
+    @property
+    def arrays(self) -> list[da.Array]:
+        """The arrays a window of this modality reads, in kernel order: the bands, then
+        ``valid`` when there is one."""
+        return [*self.bands, *([self.valid] if self.valid is not None else [])]
+
 
 def _is_static(name: str) -> bool:
     """Whether the table says a modality has no time axis (terrain)."""

@@ -324,7 +324,7 @@ def _task(net: EmbeddingModel, cubes: Mapping[str, Cube], plan: _Plan, *, device
                                   month, cube.nodata, cube.valid is not None, cube.units_check))
         n_t = cube.bands[0].shape[0]
         tch = (n_t,) if spec.fuses_time else cube.bands[0].chunks[0]
-        for a in [*cube.bands, *([cube.valid] if cube.valid is not None else [])]:
+        for a in cube.arrays:
             arrays.append(chunk_with_halo(a, plan.py, plan.px, m.grid_factor, tch))
     grid = crs_wkt = None
     if spec.location is not None:

@@ -190,8 +190,7 @@ def plan(obj: xr.DataArray | xr.Dataset | xr.DataTree, model: Any, *, probe: boo
     windows = p.py.n_windows * p.px.n_windows * n_t
     dates = {name: (c.bands[0].shape[0] if c.time_dim is not None else 0)
              for name, c in cubes.items()}
-    read = sum(int(a.nbytes) for c in cubes.values()
-               for a in [*c.bands, *([c.valid] if c.valid is not None else [])])
+    read = sum(int(a.nbytes) for c in cubes.values() for a in c.arrays)
     written = int(emb.data.nbytes) + int(emb["valid_fraction"].data.nbytes)
 
     flops = flops_per_window = probe_s = warmup_s = seconds = math.nan

@@ -13,7 +13,6 @@ inputs is refused instead of mixing two results in one store.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -747,6 +746,7 @@ def open_embedding(
     >>> emb.dims  # doctest: +SKIP
     ('time', 'y', 'x', 'feature')
     """
+    from ..io.store import has_consolidated_metadata
     from ..io.zarr_regions import store_state
 
     if incomplete not in ("warn", "raise"):
@@ -758,7 +758,7 @@ def open_embedding(
                             "or `xsky embed`")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Object at _xsky is not recognized")
-        ds = xr.open_zarr(str(path), decode_coords="all", consolidated=_consolidated(path),
+        ds = xr.open_zarr(str(path), decode_coords="all", consolidated=has_consolidated_metadata(path),
                           chunks={} if chunks is None else chunks)
     for k in ("xsky_store", "xsky_status"):
         ds.attrs.pop(k, None)
@@ -790,22 +790,6 @@ def open_embedding(
     if "embedding" in ds.data_vars and len(ds.data_vars) == 1:
         return ds["embedding"]
     return ds
-
-
-def _consolidated(path: Path) -> bool:
-    """Whether the store at ``path`` has consolidated metadata (zarr 3: in the root
-    ``zarr.json``; zarr 2: a ``.zmetadata`` file), so that opening a store written by
-    another tool without it does not go through xarray's failed-consolidated warning."""
-    if (path / ".zmetadata").is_file():
-        return True
-    root = path / "zarr.json"
-    if not root.is_file():
-        return False
-    try:
-        meta = json.loads(root.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and bool(meta.get("consolidated_metadata"))
 
 
 def _mask_missing(ds: xr.Dataset, record: Any, done: np.ndarray) -> xr.Dataset:

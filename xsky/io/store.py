@@ -16,6 +16,7 @@ of a good one:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -73,12 +74,25 @@ def mark(path: str | os.PathLike[str]) -> None:
 
     group = zarr.open_group(str(p), mode="r+")
     group.attrs[MARKER] = _MARK_TEXT
-    if (p / ".zmetadata").is_file() or '"consolidated_metadata": {' in _read(p / "zarr.json"):
+    if has_consolidated_metadata(p):
         import warnings
 
         with warnings.catch_warnings():  # zarr 3: "not part of the v3 specification" (known)
             warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")
             zarr.consolidate_metadata(str(p))
+
+
+def has_consolidated_metadata(path: str | os.PathLike[str]) -> bool:
+    """Whether the Zarr store at ``path`` has consolidated metadata (zarr 3: in the root
+    ``zarr.json``; zarr 2: a ``.zmetadata`` file)."""
+    p = Path(path)
+    if (p / ".zmetadata").is_file():
+        return True
+    try:
+        meta = json.loads(_read(p / "zarr.json") or "null")
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and bool(meta.get("consolidated_metadata"))
 
 
 def _read(f: Path) -> str:

@@ -107,11 +107,6 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
-def _cube_arrays(cube: Cube) -> list[Any]:
-    """The arrays a window of a modality reads: its bands, then its valid mask."""
-    return [*cube.bands, *([cube.valid] if cube.valid is not None else [])]
-
-
 def _layout(array: Any) -> tuple[np.ndarray, ...] | None:
     """Per axis the start of every chunk (and the axis length) of a ``(T, Y, X)`` dask
     array, or ``None`` when one of its chunks exceeds ``_MAX_BLOCK_BYTES``."""
@@ -356,7 +351,7 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
         self._ref_index = next(i for i, c in enumerate(self._cubes) if c.name == self._ref_name)
         # per modality, per array read (bands, then valid): its chunk starts per axis, or
         # None when its chunks are too large to read whole
-        self._layouts = [[_layout(a) for a in _cube_arrays(cube)] for cube in self._cubes]
+        self._layouts = [[_layout(a) for a in cube.arrays] for cube in self._cubes]
         self._positions: dict[int, np.ndarray] = {}
         self._positions_lock = threading.Lock()
         self._index = 0  # global frontier: every global micro-batch < index was yielded
@@ -464,7 +459,7 @@ class WindowSampler(IterableDataset[dict[str, torch.Tensor]]):
             g = mod.grid_factor
             ts = slice(None) if t is None else slice(int(t[0]), int(t[-1]) + 1)
             sl = (ts, slice(y0 * g, (y0 + w) * g), slice(x0 * g, (x0 + w) * g))
-            for a, layout in zip(_cube_arrays(cube), layouts, strict=True):
+            for a, layout in zip(cube.arrays, layouts, strict=True):
                 if layout is None:
                     reads.append(("slice", a[sl], None if t is None else t - t[0]))
                     continue
